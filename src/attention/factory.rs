@@ -1,0 +1,335 @@
+//! The attention factory: one name picks one unit, as timm's `attn_layer` does.
+//!
+//! Adding a unit is one new file implementing [`AttentionUnit`] and one line in the
+//! `attention_units!` list below; the name, the module enum and the dispatch follow from it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::Identity;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AttentionError, Cbam, CbamConfig, EfficientChannelAttention, EfficientChannelAttentionConfig,
+    GatedChannelTransformation, GatedChannelTransformationConfig, Ppcr, PpcrConfig, SimAm,
+    SimAmConfig, SqueezeExcitation, SqueezeExcitationConfig, StyleRecalibration,
+    StyleRecalibrationConfig,
+};
+
+/// What a unit is built for: the feature map it will see.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitSpec<'a> {
+    /// Channels of the feature map.
+    pub channels: usize,
+    /// Spatial size `[H, W]` of the feature map at the training resolution.
+    pub spatial_size: [usize; 2],
+    /// Options shared by all units (reduction ratios, pyramid levels, ...).
+    pub options: &'a AttentionConfig,
+}
+
+/// The interface every attention unit offers the factory.
+pub trait AttentionUnit: Sized {
+    /// Build the unit for a feature map.
+    fn build(spec: &UnitSpec, device: &Device) -> Result<Self, AttentionError>;
+
+    /// Recalibrate `x` (`[B, C, H, W]` in, same shape out), or explain why it does not fit.
+    fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError>;
+
+    /// The spatial map `[B, 1, H, W]` the unit weights pixels by, where it has one.
+    fn attention_map(&self, _x: Tensor<4>) -> Option<Tensor<4>> {
+        None
+    }
+}
+
+impl AttentionUnit for Identity {
+    fn build(_spec: &UnitSpec, _device: &Device) -> Result<Self, AttentionError> {
+        Ok(Identity::new())
+    }
+    fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
+        Ok(x)
+    }
+}
+
+impl AttentionUnit for SqueezeExcitation {
+    fn build(spec: &UnitSpec, device: &Device) -> Result<Self, AttentionError> {
+        Ok(SqueezeExcitationConfig::new(spec.channels)
+            .with_reduction(spec.options.reduction)
+            .init(device))
+    }
+    fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
+        Ok(self.forward(x))
+    }
+}
+
+impl AttentionUnit for EfficientChannelAttention {
+    fn build(spec: &UnitSpec, device: &Device) -> Result<Self, AttentionError> {
+        Ok(EfficientChannelAttentionConfig::new(spec.channels).init(device))
+    }
+    fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
+        Ok(self.forward(x))
+    }
+}
+
+impl AttentionUnit for Cbam {
+    fn build(spec: &UnitSpec, device: &Device) -> Result<Self, AttentionError> {
+        Ok(CbamConfig::new(spec.channels)
+            .with_reduction(spec.options.reduction)
+            .init(device))
+    }
+    fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
+        Ok(self.forward(x))
+    }
+    fn attention_map(&self, x: Tensor<4>) -> Option<Tensor<4>> {
+        Some(Cbam::attention_map(self, x))
+    }
+}
+
+impl AttentionUnit for StyleRecalibration {
+    fn build(spec: &UnitSpec, device: &Device) -> Result<Self, AttentionError> {
+        Ok(StyleRecalibrationConfig::new(spec.channels).init(device))
+    }
+    fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
+        Ok(self.forward(x))
+    }
+}
+
+impl AttentionUnit for GatedChannelTransformation {
+    fn build(spec: &UnitSpec, device: &Device) -> Result<Self, AttentionError> {
+        Ok(GatedChannelTransformationConfig::new(spec.channels).init(device))
+    }
+    fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
+        Ok(self.forward(x))
+    }
+}
+
+impl AttentionUnit for SimAm {
+    fn build(_spec: &UnitSpec, _device: &Device) -> Result<Self, AttentionError> {
+        Ok(SimAmConfig::new().init())
+    }
+    fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
+        Ok(self.forward(x))
+    }
+    fn attention_map(&self, x: Tensor<4>) -> Option<Tensor<4>> {
+        Some(SimAm::attention_map(self, x))
+    }
+}
+
+impl AttentionUnit for Ppcr {
+    fn build(spec: &UnitSpec, device: &Device) -> Result<Self, AttentionError> {
+        PpcrConfig::new(spec.channels, spec.spatial_size)
+            .with_levels(spec.options.ppcr_levels)
+            .with_resize_to_input(spec.options.ppcr_resize_to_input)
+            .init(device)
+    }
+    fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
+        Ppcr::try_forward(self, x)
+    }
+    fn attention_map(&self, x: Tensor<4>) -> Option<Tensor<4>> {
+        Some(Ppcr::attention_map(self, x))
+    }
+}
+
+macro_rules! attention_units {
+    ($($variant:ident($unit:ty) = $name:literal, $doc:literal;)*) => {
+        /// The attention units the factory can build, by name.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum AttentionKind {
+            $(
+                #[doc = $doc]
+                #[serde(rename = $name)]
+                $variant,
+            )*
+        }
+
+        impl AttentionKind {
+            /// Every unit, in the order tables list them.
+            pub const ALL: &'static [AttentionKind] = &[$(AttentionKind::$variant),*];
+
+            /// The unit's name on the command line and in configs.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(AttentionKind::$variant => $name,)*
+                }
+            }
+        }
+
+        /// An attention unit chosen at run time; see [`AttentionKind`].
+        #[derive(Module, Debug)]
+        #[allow(clippy::large_enum_variant)]
+        pub enum Attention {
+            $(
+                #[doc = $doc]
+                $variant($unit),
+            )*
+        }
+
+        impl Attention {
+            /// Build the unit `config` names for the feature map `spec` describes.
+            fn build(
+                kind: AttentionKind,
+                spec: &UnitSpec,
+                device: &Device,
+            ) -> Result<Self, AttentionError> {
+                Ok(match kind {
+                    $(AttentionKind::$variant => Attention::$variant(<$unit>::build(spec, device)?),)*
+                })
+            }
+
+            /// Which unit this is.
+            pub fn kind(&self) -> AttentionKind {
+                match self {
+                    $(Attention::$variant(_) => AttentionKind::$variant,)*
+                }
+            }
+
+            /// Recalibrate `x`, or explain why it does not fit the unit.
+            pub fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
+                match self {
+                    $(Attention::$variant(unit) => unit.try_forward(x),)*
+                }
+            }
+
+            /// The unit's spatial attention map `[B, 1, H, W]`, where it has one.
+            pub fn attention_map(&self, x: Tensor<4>) -> Option<Tensor<4>> {
+                match self {
+                    $(Attention::$variant(unit) => AttentionUnit::attention_map(unit, x),)*
+                }
+            }
+        }
+    };
+}
+
+attention_units! {
+    None(Identity) = "none", "No attention: the plain backbone.";
+    Se(SqueezeExcitation) = "se", "Squeeze-and-Excitation (Hu et al. 2018).";
+    Eca(EfficientChannelAttention) = "eca", "Efficient Channel Attention (Wang et al. 2020).";
+    Cbam(Cbam) = "cbam", "Convolutional Block Attention Module (Woo et al. 2018).";
+    Srm(StyleRecalibration) = "srm", "Style-based Recalibration Module (Lee et al. 2019).";
+    Gct(GatedChannelTransformation) = "gct", "Gated Channel Transformation (Yang et al. 2020).";
+    SimAm(SimAm) = "simam", "SimAM, parameter-free (Yang et al. 2021).";
+    Ppcr(Ppcr) = "ppcr", "Pyramid Pixel Context Recalibration (Zhang et al. 2023).";
+}
+
+impl Attention {
+    /// Recalibrate `x`; panics with the unit's message where [`Attention::try_forward`] fails.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.try_forward(x)
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+}
+
+impl fmt::Display for AttentionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for AttentionKind {
+    type Err = AttentionError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let wanted = name.trim().to_ascii_lowercase();
+        AttentionKind::ALL
+            .iter()
+            .copied()
+            .find(|kind| kind.name() == wanted)
+            .ok_or_else(|| AttentionError::UnknownUnit {
+                name: name.to_string(),
+                valid: AttentionKind::ALL
+                    .iter()
+                    .map(|kind| kind.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+/// Which attention unit to plug into every block, with the options the units share.
+#[derive(Config, Debug)]
+pub struct AttentionConfig {
+    /// The unit.
+    pub kind: AttentionKind,
+    /// Reduction ratio of SE's and CBAM's bottleneck MLPs.
+    #[config(default = 16)]
+    pub reduction: usize,
+    /// Pyramid levels of PPCR.
+    #[config(default = 4)]
+    pub ppcr_levels: usize,
+    /// Let PPCR resample its per-pixel weights to another input size instead of refusing it.
+    #[config(default = false)]
+    pub ppcr_resize_to_input: bool,
+}
+
+impl AttentionConfig {
+    /// Build the configured unit for a feature map of `channels` x `spatial_size`.
+    pub fn init(
+        &self,
+        channels: usize,
+        spatial_size: [usize; 2],
+        device: &Device,
+    ) -> Result<Attention, AttentionError> {
+        let spec = UnitSpec {
+            channels,
+            spatial_size,
+            options: self,
+        };
+        Attention::build(self.kind, &spec, device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::testing::{device, random_tensor};
+
+    #[test]
+    fn every_name_round_trips_and_unknown_names_list_the_valid_ones() {
+        for kind in AttentionKind::ALL {
+            assert_eq!(kind.name().parse::<AttentionKind>().unwrap(), *kind);
+        }
+        assert_eq!(
+            "PPCR".parse::<AttentionKind>().unwrap(),
+            AttentionKind::Ppcr
+        );
+        let error = "sk".parse::<AttentionKind>().unwrap_err().to_string();
+        assert!(error.contains("'sk'"), "{error}");
+        assert!(
+            error.contains("none, se, eca, cbam, srm, gct, simam, ppcr"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn factory_builds_each_unit_and_keeps_the_shape() {
+        let device = device();
+        let x = random_tensor([2, 16, 4, 4], 5, &device);
+        for kind in AttentionKind::ALL {
+            let unit = AttentionConfig::new(*kind)
+                .init(16, [4, 4], &device)
+                .unwrap();
+            assert_eq!(unit.kind(), *kind);
+            assert_eq!(unit.forward(x.clone()).dims(), [2, 16, 4, 4], "{kind}");
+        }
+    }
+
+    #[test]
+    fn factory_reports_ppcr_construction_errors() {
+        let error = AttentionConfig::new(AttentionKind::Ppcr)
+            .init(4, [4, 4], &device())
+            .unwrap_err();
+        assert!(matches!(error, AttentionError::InvalidConfig(_)));
+    }
+
+    #[test]
+    fn kind_serialises_as_its_name() {
+        let json = serde_json::to_string(&AttentionKind::SimAm).unwrap();
+        assert_eq!(json, "\"simam\"");
+        let config = AttentionConfig::new(AttentionKind::Ppcr);
+        let back: AttentionConfig =
+            serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+        assert_eq!(back.kind, AttentionKind::Ppcr);
+    }
+}

@@ -1,0 +1,110 @@
+//! Gated Channel Transformation (GCT).
+//!
+//! Yang et al., "Gated Channel Transformation for Visual Recognition" (CVPR 2020), l2 mode of
+//! the authors' code: a global context embedding `s_c = alpha_c * sqrt(sum_hw x^2 + eps)`, a
+//! channel normalization `s_c * gamma_c / sqrt(mean_c s_c^2 + eps)`, and a gate
+//! `1 + tanh(. + beta_c)`. alpha starts at 1, gamma and beta at 0, so a new unit is the
+//! identity.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
+use burn::tensor::{Device, Tensor};
+
+/// Configuration of a [`GatedChannelTransformation`] unit.
+#[derive(Config, Debug)]
+pub struct GatedChannelTransformationConfig {
+    /// Number of input channels.
+    pub channels: usize,
+    /// Epsilon of the embedding and the normalization (authors' code: 1e-5).
+    #[config(default = 1e-5)]
+    pub epsilon: f64,
+}
+
+/// GCT unit.
+#[derive(Module, Debug)]
+pub struct GatedChannelTransformation {
+    /// Embedding weight per channel (initialised to 1).
+    pub alpha: Param<Tensor<1>>,
+    /// Gating weight per channel (initialised to 0).
+    pub gamma: Param<Tensor<1>>,
+    /// Gating bias per channel (initialised to 0).
+    pub beta: Param<Tensor<1>>,
+    /// Numerical-stability epsilon.
+    pub epsilon: f64,
+}
+
+impl GatedChannelTransformationConfig {
+    /// Build the unit with the paper's initialisation.
+    pub fn init(&self, device: &Device) -> GatedChannelTransformation {
+        GatedChannelTransformation {
+            alpha: Initializer::Ones.init([self.channels], device),
+            gamma: Initializer::Zeros.init([self.channels], device),
+            beta: Initializer::Zeros.init([self.channels], device),
+            epsilon: self.epsilon,
+        }
+    }
+}
+
+impl GatedChannelTransformation {
+    /// Gate each channel of `x` (`[B, C, H, W]`).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, channels, _, _] = x.dims();
+        let per_channel = |p: &Param<Tensor<1>>| p.val().reshape([1, channels, 1, 1]);
+        let embedding = x
+            .clone()
+            .square()
+            .sum_dims(&[2, 3])
+            .add_scalar(self.epsilon)
+            .sqrt()
+            * per_channel(&self.alpha);
+        let norm = per_channel(&self.gamma)
+            / embedding
+                .clone()
+                .square()
+                .mean_dim(1)
+                .add_scalar(self.epsilon)
+                .sqrt();
+        let gate = (embedding * norm + per_channel(&self.beta))
+            .tanh()
+            .add_scalar(1.0);
+        x * gate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::testing::{assert_gradients_match, device, random_tensor, seeded_values};
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn a_new_unit_is_the_identity() {
+        let device = device();
+        let x = random_tensor([2, 8, 3, 3], 1, &device);
+        let y = GatedChannelTransformationConfig::new(8)
+            .init(&device)
+            .forward(x.clone());
+        assert_eq!(
+            y.into_data().try_to_vec::<f32>().unwrap(),
+            x.into_data().try_to_vec::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let device = device().autodiff();
+        let random = |seed| {
+            Param::from_tensor(
+                Tensor::<1>::from_data(TensorData::new(seeded_values(8, seed), [8]), &device)
+                    .require_grad(),
+            )
+        };
+        let mut gct = GatedChannelTransformationConfig::new(8).init(&device);
+        // Away from the initial point, where gamma = 0 makes alpha's gradient vanish.
+        gct.alpha = random(1);
+        gct.gamma = random(2);
+        gct.beta = random(3);
+        assert_gradients_match(gct, [2, 8, 3, 3], |unit, x| unit.forward(x));
+    }
+}

@@ -1,0 +1,12 @@
+//! ppcr: attention-recalibrated CNNs for medical image classification, on burn.
+//!
+//! The headline is the PPCR unit (Pyramid Pixel Context Recalibration; Zhang et al., arXiv
+//! 2303.01917), a plug-in that weights every pixel of a feature map from that pixel's own
+//! multi-scale channel context. [`attention`] holds it and the units it is compared to;
+//! [`models`] the ResNets they plug into; [`metrics`] the classification metrics reviewers ask
+//! for.
+
+pub mod attention;
+pub mod metrics;
+pub mod models;
+pub mod params;
