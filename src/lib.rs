@@ -7,6 +7,8 @@
 //! for.
 
 pub mod attention;
+pub mod data;
 pub mod metrics;
 pub mod models;
 pub mod params;
+pub mod train;

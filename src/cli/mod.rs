@@ -1,6 +1,12 @@
 //! Command-line parsing and dispatch to the subcommands, one file each.
 
+mod data_options;
+mod device;
+mod eval;
 mod models;
+mod predict;
+mod progress;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +21,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train and evaluate a model (with no options: PPCR ResNet-20 on the built-in BreastMNIST).
+    Train(Box<train::TrainArgs>),
+    /// Metrics of a trained run on a data split.
+    Eval(eval::EvalArgs),
+    /// Class and probabilities for image files.
+    Predict(predict::PredictArgs),
     /// List every backbone x attention unit with its parameter counts.
     Models(models::ModelsArgs),
 }
@@ -23,6 +35,9 @@ enum Command {
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Train(args) => train::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Predict(args) => predict::run(&args),
         Command::Models(args) => models::run(&args),
     }
 }

@@ -1,0 +1,90 @@
+//! `ppcr predict`: class and probabilities for image files, from a trained run.
+
+use std::path::PathBuf;
+
+use burn::module::Module;
+use burn::tensor::{Tensor, TensorData, activation::softmax};
+use clap::Args;
+
+use ppcr::data::{Split, load_image_file};
+use ppcr::train::{RunDir, load_trained_model};
+
+/// Options of `ppcr predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Run folder written by `ppcr train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Image files (PNG, JPEG, BMP, TIFF).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Print CSV (path, predicted class, one probability column per class).
+    #[arg(long)]
+    csv: bool,
+}
+
+/// Run `ppcr predict`.
+pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
+    let run = RunDir::open(&args.checkpoint)?;
+    let device = super::device::parse_device(None)?;
+    let (model, info) = load_trained_model(&run, "best", &device)?;
+    let model = model.valid();
+    let (size, channels) = (info.model.input_size, info.model.in_channels);
+    let mut images = Vec::with_capacity(args.images.len() * size * size * channels);
+    for path in &args.images {
+        images.extend(load_image_file(path, size, channels)?);
+    }
+    let split = Split {
+        images,
+        labels: vec![0; args.images.len()],
+        height: size,
+        width: size,
+        channels,
+    };
+    let indices: Vec<usize> = (0..split.len()).collect();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let (pixels, _) = ppcr::data::make_batch(&split, &indices, None, &mut rng, &info.normalization);
+    let input = Tensor::<4>::from_data(
+        TensorData::new(pixels, [split.len(), channels, size, size]),
+        &device,
+    );
+    let probabilities = softmax(model.try_forward(input)?, 1)
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("float probabilities");
+    let classes = info.class_names.len();
+    let mut writer = csv::Writer::from_writer(std::io::stdout());
+    if args.csv {
+        let mut header = vec!["path".to_string(), "predicted".to_string()];
+        header.extend(info.class_names.iter().map(|name| format!("p_{name}")));
+        writer.write_record(&header)?;
+    }
+    for (i, path) in args.images.iter().enumerate() {
+        let row = &probabilities[i * classes..(i + 1) * classes];
+        let (best, probability) = row
+            .iter()
+            .copied()
+            .enumerate()
+            .fold((0, f32::MIN), |a, b| if b.1 > a.1 { b } else { a });
+        if args.csv {
+            let mut record = vec![path.display().to_string(), info.class_names[best].clone()];
+            record.extend(row.iter().map(|p| format!("{p:.6}")));
+            writer.write_record(&record)?;
+        } else {
+            let all = info
+                .class_names
+                .iter()
+                .zip(row)
+                .map(|(name, p)| format!("{name}={p:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            println!(
+                "{}: {} ({probability:.3})  [{all}]",
+                path.display(),
+                info.class_names[best]
+            );
+        }
+    }
+    writer.flush()?;
+    Ok(())
+}

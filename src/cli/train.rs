@@ -1,0 +1,204 @@
+//! `ppcr train`: train and evaluate a model; with no arguments, a PPCR ResNet on the built-in
+//! BreastMNIST.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+
+use super::data_options::{DataArgs, load_dataset};
+use super::progress::ConsoleProgress;
+use ppcr::attention::AttentionKind;
+use ppcr::models::Backbone;
+use ppcr::train::{LogFormat, LrSchedule, SelectionMetric, TrainConfig, train};
+
+/// Options of `ppcr train`. Every option can also come from the TOML file; flags win.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// TOML file with any of the settings below (keys as in the run's config.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Backbone: resnet20/32/44/56/110/164 (CIFAR-style), resnet18/34/50 [default: resnet20].
+    #[arg(long)]
+    backbone: Option<Backbone>,
+    /// Attention unit: none, se, eca, cbam, srm, gct, simam, ppcr [default: ppcr].
+    #[arg(long = "attn")]
+    attention: Option<AttentionKind>,
+    /// Epochs [default: 40].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Batch size [default: 32].
+    #[arg(long = "batch")]
+    batch_size: Option<usize>,
+    /// Peak learning rate [default: 0.05].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Weight decay [default: 5e-4].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Use Nesterov momentum.
+    #[arg(long)]
+    nesterov: bool,
+    /// Schedule: cosine (with --warmup-epochs), step (with --milestones), constant
+    /// [default: cosine, 1 warm-up epoch].
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Warm-up epochs of the cosine schedule.
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// Epochs where the step schedule divides the rate by 10, e.g. 30,60.
+    #[arg(long, value_delimiter = ',')]
+    milestones: Option<Vec<usize>>,
+    /// Label smoothing [default: 0].
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// Weight the loss by inverse class frequency.
+    #[arg(long)]
+    class_weighted: bool,
+    /// Turn augmentation off.
+    #[arg(long)]
+    no_augment: bool,
+    /// Validation metric that picks the best checkpoint: auc, accuracy, balanced_accuracy, loss
+    /// [default: auc].
+    #[arg(long)]
+    select_on: Option<String>,
+    /// Per-epoch log format: csv or jsonl [default: csv].
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Run folder [default: runs/<data>-<backbone>-<attn>-s<seed>, numbered if taken].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its last completed epoch.
+    #[arg(long)]
+    resume: bool,
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> anyhow::Result<T> {
+    serde_json::from_value(serde_json::Value::String(value.to_string()))
+        .map_err(|_| anyhow::anyhow!("unknown {what} '{value}'"))
+}
+
+fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let mut config = match (&args.config, args.resume, &args.out) {
+        (Some(path), _, _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read the config file", path.display()))?;
+            TrainConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        // Resuming without a config file continues with the run's own settings.
+        (None, true, Some(out)) if out.join("config.toml").is_file() => {
+            let path = out.join("config.toml");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            TrainConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        _ => TrainConfig::default(),
+    };
+    args.data.apply(&mut config);
+    if let Some(backbone) = args.backbone {
+        config.backbone = backbone;
+    }
+    if let Some(attention) = args.attention {
+        config.attention = attention;
+    }
+    if let Some(epochs) = args.epochs {
+        config.epochs = epochs;
+    }
+    if let Some(batch) = args.batch_size {
+        config.batch_size = batch;
+    }
+    if let Some(lr) = args.lr {
+        config.lr = lr;
+    }
+    if let Some(weight_decay) = args.weight_decay {
+        config.weight_decay = weight_decay;
+    }
+    if args.nesterov {
+        config.nesterov = true;
+    }
+    if let Some(schedule) = &args.schedule {
+        config.schedule = match schedule.as_str() {
+            "cosine" => LrSchedule::default(),
+            "step" => LrSchedule::Step {
+                milestones: vec![config.epochs / 2, config.epochs * 3 / 4],
+                gamma: 0.1,
+            },
+            "constant" => LrSchedule::Constant,
+            other => anyhow::bail!("unknown schedule '{other}'; valid: cosine, step, constant"),
+        };
+    }
+    if let Some(warmup) = args.warmup_epochs {
+        match &mut config.schedule {
+            LrSchedule::Cosine { warmup_epochs, .. } => *warmup_epochs = warmup,
+            _ => anyhow::bail!("--warmup-epochs applies to the cosine schedule"),
+        }
+    }
+    if let Some(new_milestones) = &args.milestones {
+        match &mut config.schedule {
+            LrSchedule::Step { milestones, .. } => *milestones = new_milestones.clone(),
+            _ => anyhow::bail!("--milestones applies to the step schedule (--schedule step)"),
+        }
+    }
+    if let Some(smoothing) = args.label_smoothing {
+        config.label_smoothing = smoothing;
+    }
+    if args.class_weighted {
+        config.class_weighted = true;
+    }
+    if args.no_augment {
+        config.augment = Some(ppcr::data::AugmentConfig::none());
+    }
+    if let Some(metric) = &args.select_on {
+        config.select_on = parse_enum::<SelectionMetric>("selection metric", metric)?;
+    }
+    if let Some(format) = &args.log_format {
+        config.log_format = parse_enum::<LogFormat>("log format", format)?;
+    }
+    Ok(config)
+}
+
+/// A free default run folder: `runs/<data>-<backbone>-<attn>-s<seed>`, numbered if taken.
+fn default_out(config: &TrainConfig, dataset_name: &str) -> PathBuf {
+    let base = format!(
+        "{}-{}-{}-s{}",
+        dataset_name, config.backbone, config.attention, config.seed
+    );
+    let runs = Path::new("runs");
+    let mut candidate = runs.join(&base);
+    let mut n = 2;
+    while candidate.exists() {
+        candidate = runs.join(format!("{base}-{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// Run `ppcr train`.
+pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    if args.resume && args.out.is_none() {
+        anyhow::bail!("--resume needs --out naming the run folder to continue");
+    }
+    let config = resolve_config(args)?;
+    config
+        .validate()
+        .map_err(|problems| anyhow::anyhow!("invalid settings: {problems}"))?;
+    let dataset = load_dataset(&config)?;
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None => default_out(&config, &dataset.name),
+    };
+    let device = super::device::parse_device(None)?;
+    let mut progress = ConsoleProgress::new();
+    let outcome = train(&config, &dataset, &out, args.resume, &device, &mut progress)?;
+    println!(
+        "\nbest epoch {} (chosen on validation {:?}); run folder {}",
+        outcome.best_epoch,
+        config.select_on,
+        out.display()
+    );
+    println!("\ntest metrics ({} images):", dataset.test.len());
+    println!("{}", outcome.test.report.summary());
+    Ok(())
+}

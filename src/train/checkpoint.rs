@@ -1,0 +1,294 @@
+//! The run folder and its checkpoints, written so that a crash at any moment leaves every
+//! checkpoint on disk readable.
+//!
+//! ```text
+//! RUN/
+//!   config.toml            resolved training configuration
+//!   run.json               model configuration, class names, normalisation
+//!   log.csv | log.jsonl    one record per epoch
+//!   metrics.json           final validation and test metrics
+//!   checkpoints/
+//!     epoch-0007/          model.bpk, optimizer.bpk, state.json
+//!     latest               name of the newest complete epoch folder
+//!     best                 name of the epoch folder chosen on validation
+//! ```
+//!
+//! An epoch folder is assembled under a temporary name and renamed into place only once every
+//! file in it is on disk; the `latest` and `best` pointers are replaced atomically after that.
+//! Older epoch folders are removed only once no pointer names them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::optim::record::OptimizerRecord;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use super::atomic::write_atomic;
+use crate::data::Normalization;
+use crate::models::{ResNet, ResNetConfig};
+
+/// What a trained model needs besides its weights: its architecture, its classes and how its
+/// inputs were normalised.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Architecture.
+    pub model: ResNetConfig,
+    /// Class names, by class index.
+    pub class_names: Vec<String>,
+    /// Input normalisation.
+    pub normalization: Normalization,
+    /// Where the training data came from.
+    pub dataset: String,
+}
+
+/// One epoch's record in the log and the training state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number, 1-based.
+    pub epoch: usize,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy (on augmented batches).
+    pub train_accuracy: f64,
+    /// Validation loss.
+    pub val_loss: f64,
+    /// Validation accuracy.
+    pub val_accuracy: f64,
+    /// Validation macro AUC, where defined.
+    pub val_auc: Option<f64>,
+    /// Validation balanced accuracy.
+    pub val_balanced_accuracy: f64,
+    /// Wall time of the epoch (training and validation), seconds.
+    pub seconds: f64,
+    /// Training throughput, images per second.
+    pub images_per_second: f64,
+}
+
+/// Where training stands after a completed epoch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epochs_completed: usize,
+    /// Best epoch on the selection metric so far.
+    pub best_epoch: Option<usize>,
+    /// Its score (higher is better; loss is negated).
+    pub best_score: Option<f64>,
+    /// Every completed epoch.
+    pub history: Vec<EpochRecord>,
+}
+
+/// A run folder.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+fn io_error(path: &Path, action: &str, error: impl std::fmt::Display) -> TrainError {
+    TrainError::Io {
+        path: path.to_path_buf(),
+        message: format!("{action}: {error}"),
+    }
+}
+
+impl RunDir {
+    /// Create (or reuse) a run folder and prove it is writable before any work starts.
+    pub fn create(root: &Path) -> Result<Self, TrainError> {
+        fs::create_dir_all(root.join("checkpoints"))
+            .map_err(|e| io_error(root, "cannot create the output folder", e))?;
+        let probe = root.join(".write-test");
+        write_atomic(&probe, b"ok")
+            .map_err(|e| io_error(root, "output folder is not writable", e))?;
+        let _ = fs::remove_file(probe);
+        Ok(RunDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Open an existing run folder (for evaluation, prediction or resuming).
+    pub fn open(root: &Path) -> Result<Self, TrainError> {
+        let run = RunDir {
+            root: root.to_path_buf(),
+        };
+        if !run.run_info_path().is_file() {
+            return Err(TrainError::NotARun {
+                path: root.to_path_buf(),
+            });
+        }
+        Ok(run)
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `config.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+
+    /// `run.json`.
+    pub fn run_info_path(&self) -> PathBuf {
+        self.root.join("run.json")
+    }
+
+    /// `metrics.json`.
+    pub fn metrics_path(&self) -> PathBuf {
+        self.root.join("metrics.json")
+    }
+
+    fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+
+    /// Write a small text or JSON file atomically.
+    pub fn write_file(&self, path: &Path, contents: &[u8]) -> Result<(), TrainError> {
+        write_atomic(path, contents).map_err(|e| io_error(path, "cannot write", e))
+    }
+
+    /// Read `run.json`.
+    pub fn read_run_info(&self) -> Result<RunInfo, TrainError> {
+        let path = self.run_info_path();
+        let text = fs::read_to_string(&path).map_err(|e| io_error(&path, "cannot read", e))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::Corrupt {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// Name of the epoch folder a pointer (`latest` or `best`) names, if any.
+    fn pointer(&self, name: &str) -> Result<Option<String>, TrainError> {
+        let path = self.checkpoints().join(name);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim().to_string())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(io_error(&path, "cannot read", error)),
+        }
+    }
+
+    /// Whether the run has a completed epoch to resume from.
+    pub fn has_checkpoint(&self) -> Result<bool, TrainError> {
+        Ok(self.pointer("latest")?.is_some())
+    }
+
+    /// Save a completed epoch; `is_best` also moves the `best` pointer to it.
+    pub fn save_epoch(
+        &self,
+        model: &ResNet,
+        optimizer: &ModuleOptimizer,
+        state: &TrainState,
+        is_best: bool,
+    ) -> Result<(), TrainError> {
+        let name = format!("epoch-{:04}", state.epochs_completed);
+        let checkpoints = self.checkpoints();
+        let partial = checkpoints.join(format!(".{name}.partial"));
+        let final_dir = checkpoints.join(&name);
+        if partial.exists() {
+            fs::remove_dir_all(&partial).map_err(|e| io_error(&partial, "cannot clear", e))?;
+        }
+        fs::create_dir_all(&partial).map_err(|e| io_error(&partial, "cannot create", e))?;
+        let model_bytes = model
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| io_error(&partial, "cannot serialise the model", e))?;
+        let optimizer_bytes = optimizer
+            .to_record()
+            .into_bytes()
+            .map_err(|e| io_error(&partial, "cannot serialise the optimizer", e))?;
+        let state_json = serde_json::to_vec_pretty(state).expect("state serialises");
+        for (file, bytes) in [
+            ("model.bpk", &model_bytes[..]),
+            ("optimizer.bpk", &optimizer_bytes[..]),
+            ("state.json", &state_json[..]),
+        ] {
+            self.write_file(&partial.join(file), bytes)?;
+        }
+        if final_dir.exists() {
+            // Left by a run that crashed after this rename but before moving `latest`.
+            fs::remove_dir_all(&final_dir)
+                .map_err(|e| io_error(&final_dir, "cannot replace", e))?;
+        }
+        fs::rename(&partial, &final_dir).map_err(|e| io_error(&final_dir, "cannot finish", e))?;
+        self.write_file(&checkpoints.join("latest"), name.as_bytes())?;
+        if is_best {
+            self.write_file(&checkpoints.join("best"), name.as_bytes())?;
+        }
+        self.prune()
+    }
+
+    /// Remove epoch folders no pointer names (and partial folders of crashed writes).
+    fn prune(&self) -> Result<(), TrainError> {
+        let keep = [self.pointer("latest")?, self.pointer("best")?];
+        let checkpoints = self.checkpoints();
+        let entries =
+            fs::read_dir(&checkpoints).map_err(|e| io_error(&checkpoints, "cannot list", e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_epoch = name.starts_with("epoch-") || name.ends_with(".partial");
+            let kept = keep.iter().flatten().any(|k| *k == name);
+            if is_epoch && !kept && entry.path().is_dir() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn epoch_dir(&self, pointer: &str) -> Result<PathBuf, TrainError> {
+        let name = self
+            .pointer(pointer)?
+            .ok_or_else(|| TrainError::NoCheckpoint {
+                path: self.root.clone(),
+            })?;
+        Ok(self.checkpoints().join(name))
+    }
+
+    /// Load the model weights of the `latest` or `best` checkpoint into `model`.
+    pub fn load_model(&self, model: ResNet, pointer: &str) -> Result<ResNet, TrainError> {
+        let path = self.epoch_dir(pointer)?.join("model.bpk");
+        let bytes = fs::read(&path).map_err(|e| io_error(&path, "cannot read", e))?;
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
+            TrainError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        model
+            .try_load_record(record)
+            .map_err(|e| TrainError::Corrupt {
+                path,
+                message: format!("the weights do not fit this model (was run.json edited?): {e}"),
+            })
+    }
+
+    /// Load the optimizer state and training state of the `latest` checkpoint.
+    pub fn load_training_state(
+        &self,
+        optimizer: ModuleOptimizer,
+    ) -> Result<(ModuleOptimizer, TrainState), TrainError> {
+        let dir = self.epoch_dir("latest")?;
+        let path = dir.join("optimizer.bpk");
+        let bytes = fs::read(&path).map_err(|e| io_error(&path, "cannot read", e))?;
+        let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
+            TrainError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let optimizer = optimizer.load_record(record);
+        let path = dir.join("state.json");
+        let text = fs::read_to_string(&path).map_err(|e| io_error(&path, "cannot read", e))?;
+        let state = serde_json::from_str(&text).map_err(|e| TrainError::Corrupt {
+            path,
+            message: e.to_string(),
+        })?;
+        Ok((optimizer, state))
+    }
+}

@@ -1,0 +1,230 @@
+//! Everything a training run is made of, as one serialisable record: read from a TOML file,
+//! overridden by command-line flags, and written back into the run folder as resolved.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::LrSchedule;
+use crate::attention::AttentionKind;
+use crate::data::{AugmentConfig, BadFilePolicy};
+use crate::models::{Backbone, ShortcutKind, StemKind};
+
+/// The validation metric that picks the "best" checkpoint (never the test split).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectionMetric {
+    /// Macro one-vs-rest AUC (MedMNIST's choice); falls back to accuracy where undefined.
+    Auc,
+    /// Accuracy.
+    Accuracy,
+    /// Balanced accuracy.
+    BalancedAccuracy,
+    /// Validation loss (lower is better).
+    Loss,
+}
+
+/// Format of the per-epoch log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `log.csv`, one row per epoch.
+    Csv,
+    /// `log.jsonl`, one JSON object per epoch.
+    Jsonl,
+}
+
+/// A training run's full configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Data set path; `None` trains on the built-in BreastMNIST.
+    pub data: Option<PathBuf>,
+    /// Backbone.
+    pub backbone: Backbone,
+    /// Attention unit in every block.
+    pub attention: AttentionKind,
+    /// PPCR pyramid levels.
+    pub ppcr_levels: usize,
+    /// SE/CBAM reduction ratio.
+    pub reduction: usize,
+    /// Stem override (`imagenet` or `small`); `None` picks by backbone and size.
+    pub stem: Option<StemKind>,
+    /// Shortcut override (`a` or `b`); `None` picks by backbone.
+    pub shortcut: Option<ShortcutKind>,
+    /// Image size the data is resized to; `None` keeps the data's own size.
+    pub size: Option<usize>,
+    /// Force 1 (grey) or 3 (RGB) channels; `None` keeps the data's.
+    pub channels: Option<usize>,
+    /// Epochs.
+    pub epochs: usize,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Evaluation batch size.
+    pub eval_batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Learning-rate schedule.
+    pub schedule: LrSchedule,
+    /// Label smoothing of the cross-entropy loss (0 = off).
+    pub label_smoothing: f64,
+    /// Weight the loss by inverse class frequency (for imbalanced sets).
+    pub class_weighted: bool,
+    /// Seed of weight init, data order, augmentation and data splitting.
+    pub seed: u64,
+    /// Augmentations; `None` picks the default for the input size.
+    pub augment: Option<AugmentConfig>,
+    /// Per-channel normalisation mean; `None` computes it on the training split.
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel normalisation std; `None` computes it on the training split.
+    pub std: Option<Vec<f32>>,
+    /// Validation metric that picks the best checkpoint.
+    pub select_on: SelectionMetric,
+    /// Per-epoch log format.
+    pub log_format: LogFormat,
+    /// What to do with an unreadable image file: `fail` (default) or `skip` with a warning.
+    pub on_bad_file: BadFilePolicy,
+    /// Fraction of the data held out for validation when the data has no validation split.
+    pub val_fraction: f64,
+    /// Fraction held out for testing when the data has no test split.
+    pub test_fraction: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: None,
+            backbone: Backbone::ResNet20,
+            attention: AttentionKind::Ppcr,
+            ppcr_levels: 4,
+            reduction: 16,
+            stem: None,
+            shortcut: None,
+            size: None,
+            channels: None,
+            epochs: 40,
+            batch_size: 32,
+            eval_batch_size: 128,
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 5e-4,
+            schedule: LrSchedule::default(),
+            label_smoothing: 0.0,
+            class_weighted: false,
+            seed: 0,
+            augment: None,
+            mean: None,
+            std: None,
+            select_on: SelectionMetric::Auc,
+            log_format: LogFormat::Csv,
+            on_bad_file: BadFilePolicy::default(),
+            val_fraction: 0.1,
+            test_fraction: 0.2,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Parse a TOML document (unknown keys are errors, so a typo never silently does nothing).
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The configuration as TOML, as written into the run folder.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a TrainConfig always serialises")
+    }
+
+    /// Check values that would otherwise fail deep inside training.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.epochs == 0 {
+            problems.push("epochs must be at least 1".to_string());
+        }
+        if self.batch_size < 2 {
+            problems.push("batch_size must be at least 2 (BatchNorm needs a batch)".to_string());
+        }
+        if self.eval_batch_size == 0 {
+            problems.push("eval_batch_size must be at least 1".to_string());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            problems.push(format!("lr must be a positive number, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            problems.push(format!("momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            problems.push(format!(
+                "weight_decay must be >= 0, got {}",
+                self.weight_decay
+            ));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            problems.push(format!(
+                "label_smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            ));
+        }
+        if let Some(channels) = self.channels
+            && channels != 1
+            && channels != 3
+        {
+            problems.push(format!("channels must be 1 or 3, got {channels}"));
+        }
+        if let Some(size) = self.size
+            && !(8..=1024).contains(&size)
+        {
+            problems.push(format!("size must be between 8 and 1024 px, got {size}"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trips_and_rejects_unknown_keys() {
+        let config = TrainConfig {
+            epochs: 3,
+            attention: AttentionKind::Cbam,
+            ..TrainConfig::default()
+        };
+        assert_eq!(TrainConfig::from_toml(&config.to_toml()).unwrap(), config);
+        let partial = TrainConfig::from_toml("epochs = 7\nattention = \"se\"\n").unwrap();
+        assert_eq!(partial.epochs, 7);
+        assert_eq!(partial.attention, AttentionKind::Se);
+        assert_eq!(partial.lr, TrainConfig::default().lr);
+        let error = TrainConfig::from_toml("epoch = 7\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("epoch"), "{error}");
+    }
+
+    #[test]
+    fn validation_lists_every_problem() {
+        let config = TrainConfig {
+            epochs: 0,
+            lr: -1.0,
+            channels: Some(2),
+            ..TrainConfig::default()
+        };
+        let problems = config.validate().unwrap_err();
+        assert!(
+            problems.contains("epochs") && problems.contains("lr") && problems.contains("channels")
+        );
+        assert!(TrainConfig::default().validate().is_ok());
+    }
+}

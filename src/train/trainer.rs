@@ -1,0 +1,518 @@
+//! The training loop: seeded data order and augmentation per epoch, SGD steps, validation after
+//! every epoch, a crash-safe checkpoint of every epoch, and final metrics of the checkpoint
+//! chosen on validation.
+//!
+//! Every random choice of an epoch comes from a generator seeded by (seed, epoch), and the
+//! learning rate is a function of the global step, so a run resumed from the checkpoint of
+//! epoch k continues exactly as the uninterrupted run would have.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::checkpoint::{EpochRecord, RunDir, RunInfo, TrainState};
+use super::evaluate::{SplitEvaluation, evaluate_split};
+use super::{LogFormat, SelectionMetric, StepProgress, TrainConfig, TrainError, TrainObserver};
+use crate::attention::AttentionConfig;
+use crate::data::{AugmentConfig, Dataset, Normalization, make_batch};
+use crate::metrics::ClassificationReport;
+use crate::models::ResNetConfig;
+use crate::params::count_trainable;
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// Epoch (1-based) whose weights were chosen on validation.
+    pub best_epoch: usize,
+    /// Validation evaluation of the chosen weights.
+    pub val: SplitEvaluation,
+    /// Test evaluation of the chosen weights.
+    pub test: SplitEvaluation,
+    /// Trainable parameters of the model.
+    pub params: usize,
+    /// Wall time of the epochs trained in this call, seconds.
+    pub train_seconds: f64,
+}
+
+/// `metrics.json`.
+#[derive(Serialize)]
+struct MetricsFile<'a> {
+    best_epoch: usize,
+    selected_on: SelectionMetric,
+    backbone: String,
+    attention: String,
+    params: usize,
+    epochs: usize,
+    train_seconds: f64,
+    val_loss: f64,
+    test_loss: f64,
+    val: &'a ClassificationReport,
+    test: &'a ClassificationReport,
+}
+
+/// The generator for everything random in `epoch` (0-based) of a run seeded with `seed`.
+fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (epoch as u64 + 1))
+}
+
+/// Build the model configuration a training configuration implies for a data set.
+pub(crate) fn model_config(
+    config: &TrainConfig,
+    dataset: &Dataset,
+) -> Result<ResNetConfig, TrainError> {
+    let shape = dataset.image_shape();
+    if shape.height != shape.width {
+        return Err(TrainError::Config(format!(
+            "images are {}x{}; pass --size N to train on square N x N images",
+            shape.height, shape.width
+        )));
+    }
+    let attention = AttentionConfig::new(config.attention)
+        .with_ppcr_levels(config.ppcr_levels)
+        .with_reduction(config.reduction);
+    let mut model = ResNetConfig::new(config.backbone, attention, dataset.num_classes())
+        .with_in_channels(shape.channels)
+        .with_input_size(shape.height);
+    model.stem = config.stem;
+    model.shortcut = config.shortcut;
+    Ok(model)
+}
+
+fn normalization(config: &TrainConfig, dataset: &Dataset) -> Result<Normalization, TrainError> {
+    let channels = dataset.image_shape().channels;
+    match (&config.mean, &config.std) {
+        (Some(mean), Some(std)) => {
+            if mean.len() != channels || std.len() != channels || std.iter().any(|s| *s <= 0.0) {
+                return Err(TrainError::Config(format!(
+                    "mean and std need {channels} values each (one per channel), std > 0"
+                )));
+            }
+            Ok(Normalization {
+                mean: mean.clone(),
+                std: std.clone(),
+            })
+        }
+        (None, None) => Ok(Normalization::from_split(&dataset.train)),
+        _ => Err(TrainError::Config(
+            "give both mean and std, or neither".into(),
+        )),
+    }
+}
+
+/// Settings that may differ between the run being resumed and the resuming call.
+const RESUMABLE_CHANGES: [&str; 1] = ["epochs"];
+
+fn config_differences(saved: &TrainConfig, given: &TrainConfig) -> Vec<String> {
+    let table = |config: &TrainConfig| -> toml::Table {
+        toml::from_str(&config.to_toml()).expect("a TrainConfig serialises to a table")
+    };
+    let (saved, given) = (table(saved), table(given));
+    let mut keys: Vec<&String> = saved.keys().chain(given.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|key| !RESUMABLE_CHANGES.contains(&key.as_str()))
+        .filter(|key| saved.get(*key) != given.get(*key))
+        .map(|key| {
+            let show = |value: Option<&toml::Value>| {
+                value
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "unset".into())
+            };
+            format!(
+                "{key}: run has {}, now {}",
+                show(saved.get(key)),
+                show(given.get(key))
+            )
+        })
+        .collect()
+}
+
+fn selection_score(metric: SelectionMetric, evaluation: &SplitEvaluation) -> f64 {
+    let report = &evaluation.report;
+    match metric {
+        SelectionMetric::Auc => report.auc_macro.unwrap_or(report.accuracy),
+        SelectionMetric::Accuracy => report.accuracy,
+        SelectionMetric::BalancedAccuracy => report.balanced_accuracy,
+        SelectionMetric::Loss => -evaluation.loss,
+    }
+}
+
+fn loss_function(config: &TrainConfig, dataset: &Dataset, device: &Device) -> CrossEntropyLoss {
+    let classes = dataset.num_classes();
+    let mut loss = CrossEntropyLossConfig::new();
+    if config.class_weighted {
+        let counts = dataset.train.class_counts(classes);
+        let total: usize = counts.iter().sum();
+        // sklearn's "balanced" weights: n / (classes * count).
+        let weights = counts
+            .iter()
+            .map(|&count| {
+                if count == 0 {
+                    0.0
+                } else {
+                    total as f32 / (classes * count) as f32
+                }
+            })
+            .collect();
+        loss = loss.with_weights(Some(weights));
+    }
+    if config.label_smoothing > 0.0 {
+        loss = loss.with_smoothing(Some(config.label_smoothing as f32));
+    }
+    loss.init(device)
+}
+
+fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
+    SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(config.momentum)
+                // burn defaults to 0.1; PyTorch's SGD, which the papers used, to 0.
+                .with_dampening(0.0)
+                .with_nesterov(config.nesterov),
+        ))
+        .with_weight_decay(
+            (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32)),
+        )
+        .init()
+}
+
+fn write_log(run: &RunDir, format: LogFormat, history: &[EpochRecord]) -> Result<(), TrainError> {
+    let (name, bytes) = match format {
+        LogFormat::Csv => {
+            let mut writer = csv::Writer::from_writer(Vec::new());
+            for record in history {
+                writer.serialize(record).expect("epoch records serialise");
+            }
+            ("log.csv", writer.into_inner().expect("in-memory writer"))
+        }
+        LogFormat::Jsonl => {
+            let mut bytes = Vec::new();
+            for record in history {
+                serde_json::to_writer(&mut bytes, record).expect("epoch records serialise");
+                bytes.push(b'\n');
+            }
+            ("log.jsonl", bytes)
+        }
+    };
+    // The log is rewritten whole from the checkpointed history, so it never disagrees with
+    // the checkpoint a resumed run starts from.
+    run.write_file(&run.root().join(name), &bytes)
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0
+}
+
+/// Train on `dataset` into the run folder `out` (resuming it when `resume` is set), on
+/// `device` (a plain device; autodiff is added for training), and evaluate the checkpoint
+/// chosen on validation on the validation and test splits.
+pub fn train(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    out: &Path,
+    resume: bool,
+    device: &Device,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainOutcome, TrainError> {
+    config.validate().map_err(TrainError::Config)?;
+    for (name, split) in [
+        ("train", &dataset.train),
+        ("val", &dataset.val),
+        ("test", &dataset.test),
+    ] {
+        if split.is_empty() {
+            return Err(TrainError::DataMismatch(format!(
+                "{}: the {name} split is empty",
+                dataset.source.display()
+            )));
+        }
+    }
+    let model_config = model_config(config, dataset)?;
+    let normalization = normalization(config, dataset)?;
+    let shape = dataset.image_shape();
+    let augment = match &config.augment {
+        Some(augment) => augment.clone(),
+        None => AugmentConfig::default_for(shape.height, shape.channels),
+    };
+    augment
+        .validate()
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+
+    let run = RunDir::create(out)?;
+    let resuming = resume && run.has_checkpoint()?;
+    if !resume && (run.has_checkpoint()? || run.metrics_path().exists()) {
+        return Err(TrainError::RunExists {
+            path: out.to_path_buf(),
+        });
+    }
+    if resuming {
+        let saved_text =
+            std::fs::read_to_string(run.config_path()).map_err(|e| TrainError::Io {
+                path: run.config_path(),
+                message: e.to_string(),
+            })?;
+        let saved = TrainConfig::from_toml(&saved_text).map_err(|e| TrainError::Corrupt {
+            path: run.config_path(),
+            message: e.to_string(),
+        })?;
+        let differences = config_differences(&saved, config);
+        if !differences.is_empty() {
+            return Err(TrainError::ResumeMismatch {
+                path: out.to_path_buf(),
+                differences: differences.join("; "),
+            });
+        }
+    }
+
+    let train_device = device.clone().autodiff();
+    train_device.seed(config.seed);
+    let mut model = model_config.init(&train_device)?;
+    let params = count_trainable(&model);
+    let mut optim = optimizer(config);
+    let mut state = TrainState::default();
+    if resuming {
+        model = run.load_model(model, "latest")?;
+        (optim, state) = run.load_training_state(optim)?;
+    }
+    run.write_file(&run.config_path(), config.to_toml().as_bytes())?;
+    let info = RunInfo {
+        model: model_config.clone(),
+        class_names: dataset.class_names.clone(),
+        normalization: normalization.clone(),
+        dataset: dataset.source.display().to_string(),
+    };
+    run.write_file(
+        &run.run_info_path(),
+        &serde_json::to_vec_pretty(&info).expect("run info serialises"),
+    )?;
+
+    let loss_fn = loss_function(config, dataset, &train_device);
+    let num_classes = dataset.num_classes();
+    let train_size = dataset.train.len();
+    let batch_size = config.batch_size.min(train_size);
+    // Drop the last incomplete batch: a batch of one breaks BatchNorm's statistics.
+    let steps_per_epoch = (train_size / batch_size).max(1);
+    let total_steps = steps_per_epoch * config.epochs;
+    let image_dims = [shape.channels, shape.height, shape.width];
+    observer.on_start(
+        state.epochs_completed + 1,
+        config.epochs,
+        &format!(
+            "{} + {} ({} parameters) on {} [{} train / {} val / {} test, {} classes, {}x{}x{}]",
+            config.backbone,
+            config.attention,
+            params,
+            dataset.name,
+            train_size,
+            dataset.val.len(),
+            dataset.test.len(),
+            num_classes,
+            shape.height,
+            shape.width,
+            shape.channels
+        ),
+    );
+    let started = Instant::now();
+
+    for epoch in state.epochs_completed..config.epochs {
+        let epoch_started = Instant::now();
+        let mut rng = epoch_rng(config.seed, epoch);
+        let mut order: Vec<usize> = (0..train_size).collect();
+        order.shuffle(&mut rng);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut lr = config.lr;
+        for (step, indices) in order
+            .chunks_exact(batch_size)
+            .take(steps_per_epoch)
+            .enumerate()
+        {
+            let global_step = epoch * steps_per_epoch + step;
+            lr = config
+                .schedule
+                .lr_at(config.lr, global_step, steps_per_epoch, total_steps);
+            let (pixels, labels) = make_batch(
+                &dataset.train,
+                indices,
+                Some(&augment),
+                &mut rng,
+                &normalization,
+            );
+            let batch = indices.len();
+            let images = Tensor::<4>::from_data(
+                TensorData::new(pixels, [batch, image_dims[0], image_dims[1], image_dims[2]]),
+                &train_device,
+            );
+            let targets = Tensor::<1, Int>::from_data(
+                TensorData::new(
+                    labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+                    [batch],
+                ),
+                &train_device,
+            );
+            let logits = model.try_forward(images)?;
+            let logit_values = logits
+                .clone()
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("float logits");
+            let loss = loss_fn.forward(logits, targets);
+            let loss_value: f32 = loss.clone().into_scalar();
+            if !loss_value.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    value: loss_value,
+                });
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+
+            loss_sum += loss_value as f64 * batch as f64;
+            seen += batch;
+            correct += labels
+                .iter()
+                .enumerate()
+                .filter(|(i, label)| {
+                    argmax(&logit_values[i * num_classes..(i + 1) * num_classes]) == **label
+                })
+                .count();
+            observer.on_step(&StepProgress {
+                epoch: epoch + 1,
+                epochs: config.epochs,
+                step: step + 1,
+                steps: steps_per_epoch,
+                loss: loss_sum / seen as f64,
+                accuracy: correct as f64 / seen as f64,
+                images_per_second: seen as f64 / epoch_started.elapsed().as_secs_f64(),
+                lr,
+            });
+        }
+        let train_seconds = epoch_started.elapsed().as_secs_f64();
+        let val = evaluate_split(
+            &model,
+            &dataset.val,
+            &normalization,
+            num_classes,
+            config.eval_batch_size,
+            device,
+        )?;
+        let score = selection_score(config.select_on, &val);
+        let is_best = state.best_score.is_none_or(|best| score > best);
+        if is_best {
+            state.best_score = Some(score);
+            state.best_epoch = Some(epoch + 1);
+        }
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            val_loss: val.loss,
+            val_accuracy: val.report.accuracy,
+            val_auc: val.report.auc_macro,
+            val_balanced_accuracy: val.report.balanced_accuracy,
+            seconds: epoch_started.elapsed().as_secs_f64(),
+            images_per_second: seen as f64 / train_seconds,
+        };
+        state.epochs_completed = epoch + 1;
+        state.history.push(record.clone());
+        run.save_epoch(&model, &optim, &state, is_best)?;
+        write_log(&run, config.log_format, &state.history)?;
+        observer.on_epoch(&record, is_best);
+        if epoch + 1 < config.epochs && observer.should_stop() {
+            return Err(TrainError::Interrupted {
+                path: out.to_path_buf(),
+                epoch: epoch + 1,
+            });
+        }
+    }
+    let train_seconds = started.elapsed().as_secs_f64();
+
+    let best_epoch = state.best_epoch.ok_or_else(|| TrainError::NoCheckpoint {
+        path: out.to_path_buf(),
+    })?;
+    let best = run.load_model(model_config.init(device)?, "best")?;
+    let evaluate = |split| {
+        evaluate_split(
+            &best,
+            split,
+            &normalization,
+            num_classes,
+            config.eval_batch_size,
+            device,
+        )
+    };
+    let val = evaluate(&dataset.val)?;
+    let test = evaluate(&dataset.test)?;
+    let metrics = MetricsFile {
+        best_epoch,
+        selected_on: config.select_on,
+        backbone: config.backbone.to_string(),
+        attention: config.attention.to_string(),
+        params,
+        epochs: config.epochs,
+        train_seconds: state.history.iter().map(|r| r.seconds).sum(),
+        val_loss: val.loss,
+        test_loss: test.loss,
+        val: &val.report,
+        test: &test.report,
+    };
+    run.write_file(
+        &run.metrics_path(),
+        &serde_json::to_vec_pretty(&metrics).expect("metrics serialise"),
+    )?;
+    Ok(TrainOutcome {
+        best_epoch,
+        val,
+        test,
+        params,
+        train_seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_differences_name_the_changed_settings_and_allow_more_epochs() {
+        let saved = TrainConfig::default();
+        let longer = TrainConfig {
+            epochs: saved.epochs + 10,
+            ..saved.clone()
+        };
+        assert!(config_differences(&saved, &longer).is_empty());
+        let other = TrainConfig {
+            lr: 0.5,
+            ..saved.clone()
+        };
+        let differences = config_differences(&saved, &other);
+        assert_eq!(differences.len(), 1);
+        assert!(differences[0].starts_with("lr:"), "{differences:?}");
+    }
+
+    #[test]
+    fn epoch_generators_differ_by_epoch_and_repeat_by_seed() {
+        use rand::Rng;
+        let draw = |seed, epoch| epoch_rng(seed, epoch).random::<u64>();
+        assert_eq!(draw(1, 3), draw(1, 3));
+        assert_ne!(draw(1, 3), draw(1, 4));
+        assert_ne!(draw(1, 3), draw(2, 3));
+    }
+}

@@ -1,0 +1,252 @@
+//! The `ppcr` binary end to end: training on a real image folder, evaluation and prediction
+//! from the run, the JSON model listing, and bad input that must end in a clear error naming
+//! the file or value, a non-zero exit and no panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn ppcr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ppcr"))
+        .args(args)
+        .output()
+        .expect("the ppcr binary runs")
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Asserts a clean failure: non-zero exit, an `error:` line mentioning every needle, no panic.
+fn assert_clean_failure(output: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "expected failure, stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(stderr.contains("error:"), "no error line: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "'{needle}' missing from: {stderr}");
+    }
+}
+
+#[test]
+fn train_eval_predict_on_an_image_folder() {
+    let folder = tempfile::tempdir().unwrap();
+    let run = folder.path().join("run");
+    let run_arg = run.to_str().unwrap();
+    let data = fixtures().join("pbc_mini");
+    let data_arg = data.to_str().unwrap();
+    let output = ppcr(&[
+        "train",
+        "--data",
+        data_arg,
+        "--size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch",
+        "4",
+        "--backbone",
+        "resnet20",
+        "--attn",
+        "ppcr",
+        "--out",
+        run_arg,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = stdout(&output);
+    assert!(text.contains("test metrics (3 images)"), "{text}");
+    assert!(text.contains("epoch   2/2"), "{text}");
+
+    let output = ppcr(&["eval", "--checkpoint", run_arg, "--split", "val", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(report["num_samples"], 3);
+    assert_eq!(report["confusion_matrix"].as_array().unwrap().len(), 3);
+
+    let image = data.join("test/platelet");
+    let image = std::fs::read_dir(image)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let output = ppcr(&[
+        "predict",
+        "--checkpoint",
+        run_arg,
+        "--csv",
+        image.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = stdout(&output);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "path,predicted,p_basophil,p_erythroblast,p_platelet"
+    );
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let total: f64 = row[2..].iter().map(|p| p.parse::<f64>().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-4, "{row:?}");
+
+    // The checkpoint's classes are not BreastMNIST's: evaluating on it is refused.
+    let output = ppcr(&[
+        "eval",
+        "--checkpoint",
+        run_arg,
+        "--data",
+        fixtures().join("pbc_mini.csv").to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "same classes through the CSV list must work"
+    );
+    let breast = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/breastmnist.npz");
+    let output = ppcr(&[
+        "eval",
+        "--checkpoint",
+        run_arg,
+        "--data",
+        breast.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&output, &["breastmnist.npz", "do not match"]);
+
+    // Training into the finished run again is refused rather than overwriting it.
+    let output = ppcr(&[
+        "train", "--data", data_arg, "--size", "32", "--epochs", "1", "--out", run_arg,
+    ]);
+    assert_clean_failure(&output, &["already holds a training run", "--resume"]);
+
+    // A run folder that is not one.
+    let output = ppcr(&["eval", "--checkpoint", folder.path().to_str().unwrap()]);
+    assert_clean_failure(&output, &["not a ppcr run folder"]);
+}
+
+#[test]
+fn models_json_lists_every_backbone_and_unit() {
+    let output = ppcr(&["models", "--json", "--classes", "2", "--input", "28"]);
+    assert!(output.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(rows.len(), 9 * 8);
+    for row in &rows {
+        for key in [
+            "backbone",
+            "attention",
+            "input",
+            "classes",
+            "params",
+            "attention_params",
+        ] {
+            assert!(row.get(key).is_some(), "{row}");
+        }
+    }
+    let ppcr18 = rows
+        .iter()
+        .find(|r| r["backbone"] == "resnet18" && r["attention"] == "ppcr")
+        .unwrap();
+    // Small stem at 28 px: stages 28, 14, 7, 4, two blocks each.
+    assert_eq!(ppcr18["attention_params"], 15 * (784 + 196 + 49 + 16) * 2);
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_no_panic() {
+    let folder = tempfile::tempdir().unwrap();
+    let out = folder.path().join("run");
+    let out = out.to_str().unwrap();
+
+    let output = ppcr(&["train", "--data", "/no/such/data", "--out", out]);
+    assert_clean_failure(&output, &["/no/such/data"]);
+
+    let output = ppcr(&["train", "--backbone", "vgg16", "--out", out]);
+    assert_clean_failure(&output, &["vgg16", "resnet20", "resnet50"]);
+
+    let output = ppcr(&["train", "--attn", "sk", "--out", out]);
+    assert_clean_failure(
+        &output,
+        &["'sk'", "none, se, eca, cbam, srm, gct, simam, ppcr"],
+    );
+
+    let corrupt = folder.path().join("corrupt.npz");
+    std::fs::write(&corrupt, b"PK\x03\x04 definitely not a zip archive").unwrap();
+    let output = ppcr(&["train", "--data", corrupt.to_str().unwrap(), "--out", out]);
+    assert_clean_failure(&output, &["corrupt.npz"]);
+
+    let output = ppcr(&[
+        "train",
+        "--data",
+        fixtures().join("bad_label.csv").to_str().unwrap(),
+        "--out",
+        out,
+    ]);
+    assert_clean_failure(&output, &["bad_label.csv", "line 4"]);
+
+    let bad_folder = folder.path().join("cells");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(bad_folder.join(class)).unwrap();
+        for i in 0..4 {
+            std::fs::copy(
+                fixtures()
+                    .join("pbc_mini/train/basophil")
+                    .read_dir()
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .path(),
+                bad_folder.join(class).join(format!("{i}.jpg")),
+            )
+            .unwrap();
+        }
+    }
+    std::fs::copy(
+        fixtures().join("bad/truncated.jpg"),
+        bad_folder.join("a/broken.jpg"),
+    )
+    .unwrap();
+    let output = ppcr(&[
+        "train",
+        "--data",
+        bad_folder.to_str().unwrap(),
+        "--size",
+        "16",
+        "--out",
+        out,
+    ]);
+    assert_clean_failure(&output, &["broken.jpg"]);
+
+    let config = folder.path().join("typo.toml");
+    std::fs::write(&config, "epoch = 3\n").unwrap();
+    let output = ppcr(&["train", "--config", config.to_str().unwrap(), "--out", out]);
+    assert_clean_failure(&output, &["typo.toml", "epoch"]);
+
+    let output = ppcr(&["train", "--lr=-1", "--epochs", "0", "--out", out]);
+    assert_clean_failure(&output, &["lr", "epochs"]);
+
+    let output = ppcr(&["train", "--resume"]);
+    assert_clean_failure(&output, &["--out"]);
+
+    let output = ppcr(&["predict", "--checkpoint", out, "/no/image.png"]);
+    assert_clean_failure(&output, &["not a ppcr run folder"]);
+
+    // Nothing was left behind by the refused runs but the (empty) output folder.
+    if Path::new(out).exists() {
+        assert!(!Path::new(out).join("metrics.json").exists());
+    }
+}

@@ -1,0 +1,167 @@
+//! End-to-end training on real data (a slice of the built-in BreastMNIST): a run interrupted
+//! after an epoch and resumed ends with exactly the weights of an uninterrupted run, the run
+//! folder holds what it promises, and an existing run is never overwritten.
+
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use ppcr::data::{Dataset, LoadOptions, builtin_breastmnist};
+use ppcr::train::{
+    NoObserver, RunDir, TrainConfig, TrainError, TrainObserver, load_trained_model, train,
+};
+
+/// BreastMNIST cut to 96 training images so a few epochs take seconds.
+fn small_breastmnist() -> Dataset {
+    let mut dataset = builtin_breastmnist(&LoadOptions::default()).unwrap();
+    let first = |n: usize| (0..n).collect::<Vec<_>>();
+    dataset.train = dataset.train.subset(&first(96));
+    dataset.val = dataset.val.subset(&first(40));
+    dataset.test = dataset.test.subset(&first(40));
+    dataset
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        epochs: 3,
+        batch_size: 16,
+        seed: 7,
+        ..TrainConfig::default()
+    }
+}
+
+/// Stops the run after a given number of epochs, as a crash or Ctrl-C would.
+struct StopAfter(usize, usize);
+
+impl TrainObserver for StopAfter {
+    fn on_epoch(&mut self, _record: &ppcr::train::EpochRecord, _is_best: bool) {
+        self.1 += 1;
+    }
+    fn should_stop(&mut self) -> bool {
+        self.1 >= self.0
+    }
+}
+
+struct CollectWeights(Vec<Vec<f32>>);
+
+impl ModuleVisitor for CollectWeights {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0
+            .push(param.val().into_data().try_to_vec::<f32>().unwrap());
+    }
+}
+
+fn latest_weights(run: &Path) -> Vec<Vec<f32>> {
+    let (model, _) =
+        load_trained_model(&RunDir::open(run).unwrap(), "latest", &Device::flex()).unwrap();
+    let mut weights = CollectWeights(Vec::new());
+    model.visit(&mut weights);
+    weights.0
+}
+
+#[test]
+fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
+    let dataset = small_breastmnist();
+    let device = Device::flex();
+    let folder = tempfile::tempdir().unwrap();
+    let whole = folder.path().join("whole");
+    let resumed = folder.path().join("resumed");
+
+    let outcome = train(&config(), &dataset, &whole, false, &device, &mut NoObserver).unwrap();
+    assert!((1..=3).contains(&outcome.best_epoch));
+
+    let stopped = train(
+        &config(),
+        &dataset,
+        &resumed,
+        false,
+        &device,
+        &mut StopAfter(1, 0),
+    );
+    assert!(
+        matches!(stopped, Err(TrainError::Interrupted { epoch: 1, .. })),
+        "{stopped:?}"
+    );
+    train(
+        &config(),
+        &dataset,
+        &resumed,
+        true,
+        &device,
+        &mut NoObserver,
+    )
+    .unwrap();
+
+    let (a, b) = (latest_weights(&whole), latest_weights(&resumed));
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x == y),
+        "resumed weights differ"
+    );
+
+    // The run folder holds the resolved config, the log, the run info and the metrics.
+    for file in ["config.toml", "run.json", "log.csv", "metrics.json"] {
+        assert!(whole.join(file).is_file(), "missing {file}");
+    }
+    let log = std::fs::read_to_string(whole.join("log.csv")).unwrap();
+    assert_eq!(log.lines().count(), 4, "header + 3 epochs:\n{log}");
+    let resumed_log = std::fs::read_to_string(resumed.join("log.csv")).unwrap();
+    // Timings (the last two columns) differ between runs; nothing before them may.
+    let without_timings = |line: &str| line.rsplitn(3, ',').last().unwrap().to_string();
+    for (whole_line, resumed_line) in log.lines().zip(resumed_log.lines()) {
+        assert_eq!(without_timings(whole_line), without_timings(resumed_line));
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("metrics.json")).unwrap())
+            .unwrap();
+    for key in [
+        "accuracy",
+        "balanced_accuracy",
+        "auc_macro",
+        "f1_macro",
+        "precision_macro",
+        "recall_macro",
+        "kappa",
+        "ece",
+        "confusion_matrix",
+    ] {
+        assert!(
+            metrics["test"].get(key).is_some(),
+            "metrics.json test lacks {key}"
+        );
+    }
+    assert_eq!(
+        metrics["best_epoch"].as_u64().unwrap() as usize,
+        outcome.best_epoch
+    );
+    let confusion = metrics["test"]["confusion_matrix"].as_array().unwrap();
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 40);
+
+    // Only the latest and best epoch folders are kept.
+    let kept = std::fs::read_dir(whole.join("checkpoints"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
+    assert!((1..=2).contains(&kept), "{kept} checkpoint folders");
+
+    // A finished run is never overwritten.
+    let again = train(&config(), &dataset, &whole, false, &device, &mut NoObserver);
+    assert!(
+        matches!(again, Err(TrainError::RunExists { .. })),
+        "{again:?}"
+    );
+    // Resuming with other settings is refused, naming the setting.
+    let other = TrainConfig {
+        lr: 0.2,
+        ..config()
+    };
+    let error = train(&other, &dataset, &whole, true, &device, &mut NoObserver)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("lr"), "{error}");
+}
