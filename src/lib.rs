@@ -11,4 +11,5 @@ pub mod data;
 pub mod metrics;
 pub mod models;
 pub mod params;
+pub mod profile;
 pub mod train;

@@ -128,6 +128,33 @@ fn train_eval_predict_on_an_image_folder() {
     ]);
     assert_clean_failure(&output, &["breastmnist.npz", "do not match"]);
 
+    // Weights that do not fit the architecture run.json names (another unit) are refused.
+    let tampered = folder.path().join("tampered");
+    std::fs::create_dir_all(tampered.join("checkpoints")).unwrap();
+    for entry in std::fs::read_dir(run.join("checkpoints")).unwrap() {
+        let entry = entry.unwrap();
+        let target = tampered.join("checkpoints").join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            for file in std::fs::read_dir(entry.path()).unwrap() {
+                let file = file.unwrap();
+                std::fs::copy(file.path(), target.join(file.file_name())).unwrap();
+            }
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+    std::fs::copy(run.join("config.toml"), tampered.join("config.toml")).unwrap();
+    let info = std::fs::read_to_string(run.join("run.json")).unwrap();
+    assert!(info.contains("\"ppcr\""));
+    std::fs::write(
+        tampered.join("run.json"),
+        info.replace("\"ppcr\"", "\"se\""),
+    )
+    .unwrap();
+    let output = ppcr(&["eval", "--checkpoint", tampered.to_str().unwrap()]);
+    assert_clean_failure(&output, &["model.bpk", "do not fit"]);
+
     // Training into the finished run again is refused rather than overwriting it.
     let output = ppcr(&[
         "train", "--data", data_arg, "--size", "32", "--epochs", "1", "--out", run_arg,

@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch to the subcommands, one file each.
 
+mod bench;
 mod data_options;
 mod device;
 mod eval;
@@ -29,6 +30,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// List every backbone x attention unit with its parameter counts.
     Models(models::ModelsArgs),
+    /// Time the attention units: unit vs copy, network vs plain network, end to end.
+    Bench(bench::BenchArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -39,5 +42,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Predict(args) => predict::run(&args),
         Command::Models(args) => models::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

@@ -1,0 +1,264 @@
+//! The benchmark suites: the PPCR unit against a copy of its input (the memory-bandwidth
+//! floor), every unit inside a ResNet against the plain ResNet, and end-to-end training
+//! throughput of the default model.
+
+use burn::module::{Module, Param};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use serde::Serialize;
+
+use super::timing::{Timing, time_median};
+use crate::attention::{AttentionConfig, AttentionKind, PpcrConfig};
+use crate::models::{Backbone, ResNetConfig};
+use crate::params::count_trainable;
+
+/// A feature-map shape `[B, C, H, W]` a unit is benchmarked at, and where it comes from.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitShape {
+    /// Where the shape occurs, e.g. "resnet20 stage 1".
+    pub label: String,
+    /// `[B, C, H, W]`.
+    pub shape: [usize; 4],
+}
+
+/// PPCR against a copy of its input at one shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitBench {
+    /// The shape.
+    pub shape: UnitShape,
+    /// `x * 1` (read once, write once).
+    pub copy: Timing,
+    /// PPCR forward.
+    pub forward: Timing,
+    /// PPCR forward and backward (`sum(y).backward()`).
+    pub forward_backward: Timing,
+    /// Copy forward and backward (`sum(x * 1).backward()`), the same harness around a copy.
+    pub copy_forward_backward: Timing,
+}
+
+impl UnitBench {
+    /// PPCR forward time / copy time.
+    pub fn forward_ratio(&self) -> f64 {
+        self.forward.median_ms / self.copy.median_ms
+    }
+    /// PPCR forward+backward time / copy time.
+    pub fn forward_backward_ratio(&self) -> f64 {
+        self.forward_backward.median_ms / self.copy.median_ms
+    }
+}
+
+/// The stage shapes of ResNet-20 at 32 px (batch 64) and ResNet-18 at 224 px (batch 32).
+pub fn unit_bench_shapes() -> Vec<UnitShape> {
+    let mut shapes = Vec::new();
+    for (stage, (channels, size)) in [(16, 32), (32, 16), (64, 8)].into_iter().enumerate() {
+        shapes.push(UnitShape {
+            label: format!("resnet20@32 stage {}", stage + 1),
+            shape: [64, channels, size, size],
+        });
+    }
+    for (stage, (channels, size)) in [(64, 56), (128, 28), (256, 14), (512, 7)]
+        .into_iter()
+        .enumerate()
+    {
+        shapes.push(UnitShape {
+            label: format!("resnet18@224 stage {}", stage + 1),
+            shape: [32, channels, size, size],
+        });
+    }
+    shapes
+}
+
+fn sync(device: &Device) {
+    device.sync().expect("device sync");
+}
+
+/// Benchmark the PPCR unit at `shapes` on `device` (plain; autodiff is added for backward).
+pub fn unit_bench(
+    shapes: &[UnitShape],
+    device: &Device,
+    warmup: usize,
+    runs: usize,
+) -> Vec<UnitBench> {
+    let autodiff = device.clone().autodiff();
+    shapes
+        .iter()
+        .map(|unit_shape| {
+            let [_, channels, height, width] = unit_shape.shape;
+            let x = Tensor::<4>::random(unit_shape.shape, Distribution::Normal(0.0, 1.0), device);
+            // Non-zero weights, so nothing is special-cased by zeros; the same values on both
+            // devices.
+            let weights =
+                Tensor::<3>::random([15, height, width], Distribution::Normal(0.0, 0.1), device)
+                    .into_data();
+            let make_ppcr = |on: &Device| {
+                let mut ppcr = PpcrConfig::new(channels, [height, width])
+                    .init(on)
+                    .expect("benchmark shapes have enough channels");
+                let tensor = Tensor::from_data(weights.clone(), on);
+                ppcr.pixel_context_weights = Param::from_tensor(if on.is_autodiff() {
+                    tensor.require_grad()
+                } else {
+                    tensor
+                });
+                ppcr
+            };
+            let ppcr = make_ppcr(device);
+            let copy = time_median(warmup, runs, || {
+                let y = x.clone().mul_scalar(1.0);
+                sync(device);
+                drop(y);
+            });
+            let forward = time_median(warmup, runs, || {
+                let y = ppcr.forward(x.clone());
+                sync(device);
+                drop(y);
+            });
+            let ppcr_train = make_ppcr(&autodiff);
+            let x_train = Tensor::<4>::from_data(x.to_data(), &autodiff).require_grad();
+            let forward_backward = time_median(warmup, runs, || {
+                let grads = ppcr_train.forward(x_train.clone()).sum().backward();
+                sync(&autodiff);
+                drop(grads);
+            });
+            let copy_forward_backward = time_median(warmup, runs, || {
+                let grads = x_train.clone().mul_scalar(1.0).sum().backward();
+                sync(&autodiff);
+                drop(grads);
+            });
+            UnitBench {
+                shape: unit_shape.clone(),
+                copy,
+                forward,
+                forward_backward,
+                copy_forward_backward,
+            }
+        })
+        .collect()
+}
+
+/// Which network a network benchmark times.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkCase {
+    /// Backbone.
+    pub backbone: Backbone,
+    /// Input size.
+    pub input: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Input channels.
+    pub channels: usize,
+}
+
+/// One unit in one network against the same network without attention.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkBench {
+    /// The network.
+    pub case: NetworkCase,
+    /// The unit.
+    pub attention: AttentionKind,
+    /// Trainable parameters.
+    pub params: usize,
+    /// One SGD training step (forward, loss, backward, update).
+    pub train_step: Timing,
+    /// One inference forward pass.
+    pub inference: Timing,
+    /// `train_step / train_step(none)`, measured in the same run.
+    pub train_ratio: f64,
+    /// `inference / inference(none)`, measured in the same run.
+    pub inference_ratio: f64,
+}
+
+/// Time a training step and an inference pass of `case` with every unit in `units` (the plain
+/// network is always measured first, as the ratios' denominator).
+pub fn network_bench(
+    case: &NetworkCase,
+    units: &[AttentionKind],
+    device: &Device,
+    warmup: usize,
+    runs: usize,
+) -> Vec<NetworkBench> {
+    let autodiff = device.clone().autodiff();
+    let mut kinds = vec![AttentionKind::None];
+    kinds.extend(units.iter().copied().filter(|k| *k != AttentionKind::None));
+    let images = Tensor::<4>::random(
+        [case.batch, case.channels, case.input, case.input],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let labels: Vec<i64> = (0..case.batch as i64).map(|i| i % 10).collect();
+    let mut results: Vec<NetworkBench> = Vec::new();
+    for kind in kinds {
+        autodiff.seed(0);
+        let config = ResNetConfig::new(case.backbone, AttentionConfig::new(kind), 10)
+            .with_in_channels(case.channels)
+            .with_input_size(case.input);
+        let mut model = config
+            .init(&autodiff)
+            .expect("benchmark configurations are valid");
+        let params = count_trainable(&model);
+        let mut optimizer = SgdConfig::new().init();
+        let loss_fn = CrossEntropyLossConfig::new().init(&autodiff);
+        let train_images = Tensor::<4>::from_data(images.to_data(), &autodiff);
+        let targets =
+            Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [case.batch]), &autodiff);
+        let train_step = time_median(warmup, runs, || {
+            let loss = loss_fn.forward(model.forward(train_images.clone()), targets.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(0.01, model.clone(), grads);
+            sync(&autodiff);
+        });
+        let inference_model = model.valid();
+        let inference = time_median(warmup, runs, || {
+            let logits = inference_model.forward(images.clone());
+            sync(device);
+            drop(logits);
+        });
+        let (train_ratio, inference_ratio) = match results.first() {
+            Some(plain) => (
+                train_step.median_ms / plain.train_step.median_ms,
+                inference.median_ms / plain.inference.median_ms,
+            ),
+            None => (1.0, 1.0),
+        };
+        results.push(NetworkBench {
+            case: case.clone(),
+            attention: kind,
+            params,
+            train_step,
+            inference,
+            train_ratio,
+            inference_ratio,
+        });
+    }
+    results
+}
+
+/// Training throughput of the default `ppcr train` model.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndToEndBench {
+    /// What was timed.
+    pub description: String,
+    /// Step time.
+    pub step: Timing,
+    /// Images per second at the median step time.
+    pub images_per_second: f64,
+}
+
+/// Training images/s of ResNet-20 + PPCR on 28 px grey images, batch 32 (the default command's
+/// model), batch assembly excluded.
+pub fn end_to_end_bench(device: &Device, warmup: usize, runs: usize) -> EndToEndBench {
+    let case = NetworkCase {
+        backbone: Backbone::ResNet20,
+        input: 28,
+        batch: 32,
+        channels: 1,
+    };
+    let bench = network_bench(&case, &[AttentionKind::Ppcr], device, warmup, runs);
+    let step = bench[1].train_step;
+    EndToEndBench {
+        description: "resnet20 + ppcr, 28x28x1, batch 32, SGD step".into(),
+        step,
+        images_per_second: case.batch as f64 / (step.median_ms / 1e3),
+    }
+}

@@ -1,0 +1,11 @@
+//! Measuring what the attention units cost: unit-level and network-level timings with medians
+//! and ratios measured in one run, for the paper's claim that PPCR costs next to nothing.
+
+mod benches;
+mod timing;
+
+pub use benches::{
+    EndToEndBench, NetworkBench, NetworkCase, UnitBench, UnitShape, end_to_end_bench,
+    network_bench, unit_bench, unit_bench_shapes,
+};
+pub use timing::{Timing, median, time_median};
