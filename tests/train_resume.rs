@@ -100,6 +100,12 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
     );
 
     // The run folder holds the resolved config, the log, the run info and the metrics.
+    let predictions = std::fs::read_to_string(whole.join("test_predictions.csv")).unwrap();
+    assert_eq!(predictions.lines().count(), 41);
+    assert_eq!(
+        predictions.lines().next().unwrap(),
+        "index,label,predicted,p_malignant,\"p_normal, benign\""
+    );
     for file in ["config.toml", "run.json", "log.csv", "metrics.json"] {
         assert!(whole.join(file).is_file(), "missing {file}");
     }

@@ -210,6 +210,31 @@ fn write_log(run: &RunDir, format: LogFormat, history: &[EpochRecord]) -> Result
     run.write_file(&run.root().join(name), &bytes)
 }
 
+/// `test_predictions.csv`: per test image its label, predicted class and class probabilities,
+/// so ROC curves and error analyses can be redrawn without rerunning the model.
+fn predictions_csv(class_names: &[String], labels: &[usize], probabilities: &[f32]) -> Vec<u8> {
+    let classes = class_names.len();
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut header = vec![
+        "index".to_string(),
+        "label".to_string(),
+        "predicted".to_string(),
+    ];
+    header.extend(class_names.iter().map(|name| format!("p_{name}")));
+    writer.write_record(&header).expect("in-memory writer");
+    for (index, &label) in labels.iter().enumerate() {
+        let row = &probabilities[index * classes..(index + 1) * classes];
+        let mut record = vec![
+            index.to_string(),
+            label.to_string(),
+            argmax(row).to_string(),
+        ];
+        record.extend(row.iter().map(|p| p.to_string()));
+        writer.write_record(&record).expect("in-memory writer");
+    }
+    writer.into_inner().expect("in-memory writer")
+}
+
 fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
@@ -476,6 +501,14 @@ pub fn train(
     run.write_file(
         &run.metrics_path(),
         &serde_json::to_vec_pretty(&metrics).expect("metrics serialise"),
+    )?;
+    run.write_file(
+        &run.root().join("test_predictions.csv"),
+        &predictions_csv(
+            &dataset.class_names,
+            &dataset.test.labels,
+            &test.probabilities,
+        ),
     )?;
     Ok(TrainOutcome {
         best_epoch,
