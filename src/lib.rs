@@ -7,6 +7,7 @@
 //! for.
 
 pub mod attention;
+pub mod compare;
 pub mod data;
 pub mod metrics;
 pub mod models;

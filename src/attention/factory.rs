@@ -42,6 +42,10 @@ pub trait AttentionUnit: Sized {
     fn attention_map(&self, _x: Tensor<4>) -> Option<Tensor<4>> {
         None
     }
+
+    /// Multiply-accumulates of one forward pass on one `[C, H, W]` feature map, counted from
+    /// the shapes: pooling and per-element products count one each, as profilers count them.
+    fn macs(&self, input: [usize; 3]) -> u64;
 }
 
 impl AttentionUnit for Identity {
@@ -50,6 +54,9 @@ impl AttentionUnit for Identity {
     }
     fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         Ok(x)
+    }
+    fn macs(&self, _input: [usize; 3]) -> u64 {
+        0
     }
 }
 
@@ -62,6 +69,11 @@ impl AttentionUnit for SqueezeExcitation {
     fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         Ok(self.forward(x))
     }
+    fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
+        let [_, hidden] = self.reduce.weight.lazy_shape().dims();
+        // Average pool, two fully connected layers, per-channel rescale.
+        (2 * channels * height * width + 2 * channels * hidden) as u64
+    }
 }
 
 impl AttentionUnit for EfficientChannelAttention {
@@ -70,6 +82,11 @@ impl AttentionUnit for EfficientChannelAttention {
     }
     fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         Ok(self.forward(x))
+    }
+    fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
+        let [_, _, kernel] = self.channel_conv.weight.lazy_shape().dims();
+        // Average pool, 1-D convolution across channels, per-channel rescale.
+        (2 * channels * height * width + kernel * channels) as u64
     }
 }
 
@@ -85,6 +102,17 @@ impl AttentionUnit for Cbam {
     fn attention_map(&self, x: Tensor<4>) -> Option<Tensor<4>> {
         Some(Cbam::attention_map(self, x))
     }
+    fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
+        let pixels = height * width;
+        let [_, hidden] = self.channel_reduce.weight.lazy_shape().dims();
+        let [_, _, kernel, _] = self.spatial_conv.weight.lazy_shape().dims();
+        // Channel gate: two pools, the shared MLP twice, rescale. Spatial gate: max and mean
+        // over channels, the 2->1 convolution, rescale.
+        (3 * channels * pixels
+            + 4 * channels * hidden
+            + 3 * channels * pixels
+            + 2 * kernel * kernel * pixels) as u64
+    }
 }
 
 impl AttentionUnit for StyleRecalibration {
@@ -94,6 +122,10 @@ impl AttentionUnit for StyleRecalibration {
     fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         Ok(self.forward(x))
     }
+    fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
+        // Mean, standard deviation (two passes), channel-wise FC, rescale.
+        (4 * channels * height * width + 2 * channels) as u64
+    }
 }
 
 impl AttentionUnit for GatedChannelTransformation {
@@ -102,6 +134,10 @@ impl AttentionUnit for GatedChannelTransformation {
     }
     fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         Ok(self.forward(x))
+    }
+    fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
+        // Sum of squares, channel normalisation, gating, rescale.
+        (2 * channels * height * width + 4 * channels) as u64
     }
 }
 
@@ -114,6 +150,10 @@ impl AttentionUnit for SimAm {
     }
     fn attention_map(&self, x: Tensor<4>) -> Option<Tensor<4>> {
         Some(SimAm::attention_map(self, x))
+    }
+    fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
+        // Mean, squared deviation, its sum, the energy, rescale.
+        (5 * channels * height * width) as u64
     }
 }
 
@@ -129,6 +169,14 @@ impl AttentionUnit for Ppcr {
     }
     fn attention_map(&self, x: Tensor<4>) -> Option<Tensor<4>> {
         Some(Ppcr::attention_map(self, x))
+    }
+    fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
+        let pixels = height * width;
+        let maps = super::pyramid_maps(self.levels);
+        let finest = 1usize << (self.levels - 1);
+        // Finest group means, the pyramid from them, pixel normalisation (mean, centring,
+        // variance, scaling), the per-pixel integration, rescale.
+        (2 * channels * pixels + maps * finest * pixels + 4 * maps * pixels + maps * pixels) as u64
     }
 }
 
@@ -189,6 +237,13 @@ macro_rules! attention_units {
             pub fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
                 match self {
                     $(Attention::$variant(unit) => unit.try_forward(x),)*
+                }
+            }
+
+            /// Multiply-accumulates of one forward pass on a `[C, H, W]` feature map.
+            pub fn macs(&self, input: [usize; 3]) -> u64 {
+                match self {
+                    $(Attention::$variant(unit) => AttentionUnit::macs(unit, input),)*
                 }
             }
 

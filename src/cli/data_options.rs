@@ -56,7 +56,7 @@ pub fn load_dataset(config: &TrainConfig) -> anyhow::Result<Dataset> {
     let options = LoadOptions {
         size: config.size,
         channels: config.channels,
-        split_seed: config.seed,
+        split_seed: config.data_split_seed(),
         val_fraction: config.val_fraction,
         test_fraction: config.test_fraction,
         on_bad_file: config.on_bad_file,

@@ -58,7 +58,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let options = LoadOptions {
         size: Some(info.model.input_size),
         channels: Some(info.model.in_channels),
-        split_seed: config.seed,
+        split_seed: config.data_split_seed(),
         val_fraction: config.val_fraction,
         test_fraction: config.test_fraction,
         on_bad_file: if args.skip_bad_files {

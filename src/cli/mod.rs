@@ -1,11 +1,13 @@
 //! Command-line parsing and dispatch to the subcommands, one file each.
 
 mod bench;
+mod compare;
 mod data_options;
 mod device;
 mod eval;
 mod models;
 mod predict;
+mod profile;
 mod progress;
 mod train;
 
@@ -30,6 +32,10 @@ enum Command {
     Predict(predict::PredictArgs),
     /// List every backbone x attention unit with its parameter counts.
     Models(models::ModelsArgs),
+    /// Train every unit with every seed and tabulate their test metrics.
+    Compare(Box<compare::CompareArgs>),
+    /// Parameters, MACs and latency of every unit on one backbone.
+    Profile(profile::ProfileArgs),
     /// Time the attention units: unit vs copy, network vs plain network, end to end.
     Bench(bench::BenchArgs),
 }
@@ -43,5 +49,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Predict(args) => predict::run(&args),
         Command::Models(args) => models::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Profile(args) => profile::run(&args),
+        Command::Compare(args) => compare::run(&args),
     }
 }

@@ -15,6 +15,22 @@ use ppcr::train::{LogFormat, LrSchedule, SelectionMetric, TrainConfig, train};
 /// Options of `ppcr train`. Every option can also come from the TOML file; flags win.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
+    #[command(flatten)]
+    settings: TrainSettings,
+    /// Attention unit: none, se, eca, cbam, srm, gct, simam, ppcr [default: ppcr].
+    #[arg(long = "attn")]
+    attention: Option<AttentionKind>,
+    /// Run folder [default: runs/<data>-<backbone>-<attn>-s<seed>, numbered if taken].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its last completed epoch.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// The training settings `ppcr train` and `ppcr compare` share.
+#[derive(Args, Debug)]
+pub struct TrainSettings {
     /// TOML file with any of the settings below (keys as in the run's config.toml).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -23,9 +39,6 @@ pub struct TrainArgs {
     /// Backbone: resnet20/32/44/56/110/164 (CIFAR-style), resnet18/34/50 [default: resnet20].
     #[arg(long)]
     backbone: Option<Backbone>,
-    /// Attention unit: none, se, eca, cbam, srm, gct, simam, ppcr [default: ppcr].
-    #[arg(long = "attn")]
-    attention: Option<AttentionKind>,
     /// Epochs [default: 40].
     #[arg(long)]
     epochs: Option<usize>,
@@ -67,12 +80,6 @@ pub struct TrainArgs {
     /// Per-epoch log format: csv or jsonl [default: csv].
     #[arg(long)]
     log_format: Option<String>,
-    /// Run folder [default: runs/<data>-<backbone>-<attn>-s<seed>, numbered if taken].
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Continue the run in --out from its last completed epoch.
-    #[arg(long)]
-    resume: bool,
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> anyhow::Result<T> {
@@ -80,8 +87,14 @@ fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> anyhow
         .map_err(|_| anyhow::anyhow!("unknown {what} '{value}'"))
 }
 
-fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
-    let mut config = match (&args.config, args.resume, &args.out) {
+/// The configuration the settings describe: the TOML file's (or, when resuming a run without
+/// one, the run's own), with the flags applied on top.
+pub fn resolve_config(
+    args: &TrainSettings,
+    resume: bool,
+    out: &Option<PathBuf>,
+) -> anyhow::Result<TrainConfig> {
+    let mut config = match (&args.config, resume, out) {
         (Some(path), _, _) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("{}: cannot read the config file", path.display()))?;
@@ -99,9 +112,6 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     args.data.apply(&mut config);
     if let Some(backbone) = args.backbone {
         config.backbone = backbone;
-    }
-    if let Some(attention) = args.attention {
-        config.attention = attention;
     }
     if let Some(epochs) = args.epochs {
         config.epochs = epochs;
@@ -180,7 +190,10 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     if args.resume && args.out.is_none() {
         anyhow::bail!("--resume needs --out naming the run folder to continue");
     }
-    let config = resolve_config(args)?;
+    let mut config = resolve_config(&args.settings, args.resume, &args.out)?;
+    if let Some(attention) = args.attention {
+        config.attention = attention;
+    }
     config
         .validate()
         .map_err(|problems| anyhow::anyhow!("invalid settings: {problems}"))?;

@@ -1,11 +1,16 @@
-//! Measuring what the attention units cost: unit-level and network-level timings with medians
+//! Measuring what the attention units cost: parameters and multiply-accumulates counted from
+//! shapes, unit-level and network-level timings with medians
 //! and ratios measured in one run, for the paper's claim that PPCR costs next to nothing.
 
 mod benches;
+mod macs;
 mod timing;
+mod units;
 
 pub use benches::{
     EndToEndBench, NetworkBench, NetworkCase, UnitBench, UnitShape, end_to_end_bench,
     network_bench, unit_bench, unit_bench_shapes,
 };
+pub use macs::{MacCount, count_macs};
 pub use timing::{Timing, median, time_median};
+pub use units::{UnitProfile, profile_units};

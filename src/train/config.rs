@@ -76,8 +76,11 @@ pub struct TrainConfig {
     pub label_smoothing: f64,
     /// Weight the loss by inverse class frequency (for imbalanced sets).
     pub class_weighted: bool,
-    /// Seed of weight init, data order, augmentation and data splitting.
+    /// Seed of weight init, data order and augmentation.
     pub seed: u64,
+    /// Seed of any train/val/test split drawn from the data; `None` uses `seed`. Comparisons
+    /// over seeds fix it, so every run sees the same split.
+    pub split_seed: Option<u64>,
     /// Augmentations; `None` picks the default for the input size.
     pub augment: Option<AugmentConfig>,
     /// Per-channel normalisation mean; `None` computes it on the training split.
@@ -119,6 +122,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             class_weighted: false,
             seed: 0,
+            split_seed: None,
             augment: None,
             mean: None,
             std: None,
@@ -132,6 +136,11 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The seed of any split drawn from the data.
+    pub fn data_split_seed(&self) -> u64 {
+        self.split_seed.unwrap_or(self.seed)
+    }
+
     /// Parse a TOML document (unknown keys are errors, so a typo never silently does nothing).
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)

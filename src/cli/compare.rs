@@ -1,0 +1,114 @@
+//! `ppcr compare`: every attention unit with every seed under identical settings, and the
+//! table of their test metrics.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::data_options::load_dataset;
+use super::profile::parse_units;
+use super::progress::ConsoleProgress;
+use super::train::{TrainSettings, resolve_config};
+use ppcr::compare::{RunStatus, Shard, plan_runs, summarise, write_summary};
+use ppcr::train::train;
+
+/// Options of `ppcr compare`; the training settings are those of `ppcr train`.
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    settings: TrainSettings,
+    /// Units to compare, comma-separated, or "all".
+    #[arg(long = "attn", default_value = "all")]
+    attention: String,
+    /// Number of seeds per unit.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// First seed (seeds are FIRST, FIRST+1, ...).
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Comparison folder: run folders under runs/, tables compare.{md,csv,json}.
+    #[arg(long)]
+    out: PathBuf,
+    /// Train only runs K, K+N, K+2N, ... of the grid (0 <= K < N), e.g. a Slurm array task:
+    /// --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.
+    #[arg(long)]
+    shard: Option<Shard>,
+}
+
+/// Run `ppcr compare`.
+pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
+    let units = parse_units(&args.attention)?;
+    if args.seeds == 0 {
+        anyhow::bail!("--seeds must be at least 1");
+    }
+    let seeds: Vec<u64> = (args.first_seed..args.first_seed + args.seeds).collect();
+    let mut base = resolve_config(&args.settings, false, &None)?;
+    // Every run sees the same split, whatever its training seed.
+    base.split_seed = Some(base.split_seed.unwrap_or(args.first_seed));
+    base.validate()
+        .map_err(|problems| anyhow::anyhow!("invalid settings: {problems}"))?;
+    let runs = plan_runs(&args.out, &units, &seeds);
+    let todo: Vec<_> = runs
+        .iter()
+        .filter(|run| args.shard.is_none_or(|shard| shard.contains(run)))
+        .filter(|run| run.status() != RunStatus::Finished)
+        .collect();
+    let device = super::device::parse_device(None)?;
+    if !todo.is_empty() {
+        let dataset = load_dataset(&base)?;
+        for (position, run) in todo.iter().enumerate() {
+            let resuming = run.status() == RunStatus::Interrupted;
+            println!(
+                "\n[{}/{} of this invocation; run {} of {}] {} seed {}{}",
+                position + 1,
+                todo.len(),
+                run.index + 1,
+                runs.len(),
+                run.attention,
+                run.seed,
+                if resuming { " (resuming)" } else { "" }
+            );
+            let mut config = base.clone();
+            config.attention = run.attention;
+            config.seed = run.seed;
+            let mut progress = ConsoleProgress::new();
+            let outcome = train(
+                &config,
+                &dataset,
+                &run.dir,
+                resuming,
+                &device,
+                &mut progress,
+            )?;
+            println!(
+                "{} seed {}: test accuracy {:.4}, AUC {}",
+                run.attention,
+                run.seed,
+                outcome.test.report.accuracy,
+                outcome
+                    .test
+                    .report
+                    .auc_macro
+                    .map(|a| format!("{a:.4}"))
+                    .unwrap_or_else(|| "n/a".into())
+            );
+        }
+    }
+    let data = base
+        .data
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "breastmnist (built-in)".into());
+    let summary = summarise(&data, &units, &seeds, &runs)?;
+    let table = write_summary(&args.out, &summary)?;
+    println!("\n{}", std::fs::read_to_string(&table)?);
+    if summary.missing_runs > 0 {
+        println!(
+            "{} of {} runs are not finished (other shards?); run the same command again to \
+             finish them or to refresh the table",
+            summary.missing_runs,
+            runs.len()
+        );
+    }
+    Ok(())
+}

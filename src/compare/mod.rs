@@ -1,0 +1,36 @@
+//! Comparing attention units as the paper does: every unit trained with every seed under
+//! identical settings (the same data order and augmentation per seed), summarised as mean and
+//! standard deviation of the test metrics with a paired comparison of PPCR against each other
+//! unit over seeds.
+//!
+//! The grid lives in one folder of ordinary run folders (`runs/<unit>-s<seed>/`), so it is
+//! resumable (finished runs are found and not trained again, interrupted ones resume from their
+//! checkpoint) and can be spread over machines by sharding the run list.
+
+mod plan;
+mod summary;
+
+pub use plan::{CompareRun, RunStatus, Shard, plan_runs};
+pub use summary::{
+    CompareSummary, MetricStats, PairedComparison, SUMMARY_METRICS, UnitSummary, paired_t_test,
+    summarise, write_summary,
+};
+
+/// Why a comparison could not be planned or summarised.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    /// A `--shard K/N` value that is not one.
+    #[error("invalid shard '{0}': expected K/N with 0 <= K < N, e.g. 0/4")]
+    Shard(String),
+    /// A finished run's files could not be read.
+    #[error("{path}: {message}")]
+    Run {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Writing the tables failed.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+}

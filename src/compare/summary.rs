@@ -1,0 +1,362 @@
+//! The comparison table: mean +- standard deviation over seeds of each unit's test metrics,
+//! parameters, MACs and training time, and a paired comparison of PPCR against every other
+//! unit (mean difference over seeds and a two-sided paired t-test, Student 1908).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+use super::{CompareError, CompareRun, RunStatus};
+use crate::attention::AttentionKind;
+use crate::profile::count_macs;
+use crate::train::{RunDir, write_atomic};
+
+/// The test metrics the table reports, as named in `metrics.json`.
+pub const SUMMARY_METRICS: [&str; 6] = [
+    "accuracy",
+    "balanced_accuracy",
+    "auc_macro",
+    "f1_macro",
+    "kappa",
+    "ece",
+];
+
+/// Mean, sample standard deviation and the values over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricStats {
+    /// Mean.
+    pub mean: f64,
+    /// Sample standard deviation (n - 1; 0 for one value).
+    pub std: f64,
+    /// The values, by seed.
+    pub values: Vec<f64>,
+}
+
+impl MetricStats {
+    fn of(values: Vec<f64>) -> Self {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n.max(1.0);
+        let std = if values.len() > 1 {
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        MetricStats { mean, std, values }
+    }
+}
+
+/// One unit's row of the table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnitSummary {
+    /// The unit.
+    pub attention: AttentionKind,
+    /// Finished runs (seeds).
+    pub runs: usize,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Multiply-accumulates of one forward pass on one image.
+    pub macs: u64,
+    /// Training wall time per run, seconds.
+    pub train_seconds: MetricStats,
+    /// Test metrics, by name ([`SUMMARY_METRICS`]).
+    pub metrics: std::collections::BTreeMap<String, MetricStats>,
+    /// Seeds of the finished runs, in the order of the values.
+    pub seeds: Vec<u64>,
+}
+
+/// PPCR against one other unit on one metric, over the seeds both finished.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairedComparison {
+    /// The other unit.
+    pub baseline: AttentionKind,
+    /// The metric.
+    pub metric: String,
+    /// Mean over seeds of PPCR minus baseline.
+    pub mean_difference: f64,
+    /// Two-sided paired t-test p-value; `None` with fewer than two seeds or no spread.
+    pub p_value: Option<f64>,
+    /// Seeds paired.
+    pub seeds: usize,
+}
+
+/// `compare.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompareSummary {
+    /// The data compared on.
+    pub data: String,
+    /// Seeds of the grid.
+    pub seeds: Vec<u64>,
+    /// Units of the grid.
+    pub units: Vec<AttentionKind>,
+    /// Runs of the grid not finished yet.
+    pub missing_runs: usize,
+    /// One row per unit with at least one finished run.
+    pub rows: Vec<UnitSummary>,
+    /// PPCR against every other unit (empty when PPCR is not in the grid).
+    pub paired: Vec<PairedComparison>,
+}
+
+/// Two-sided p-value of a paired t-test on `differences` (`None` with fewer than two values or
+/// all differences equal).
+pub fn paired_t_test(differences: &[f64]) -> Option<f64> {
+    let stats = MetricStats::of(differences.to_vec());
+    let n = differences.len();
+    if n < 2 || stats.std == 0.0 {
+        return None;
+    }
+    let t = stats.mean / (stats.std / (n as f64).sqrt());
+    let distribution = StudentsT::new(0.0, 1.0, (n - 1) as f64).ok()?;
+    Some(2.0 * (1.0 - distribution.cdf(t.abs())))
+}
+
+/// What one finished run contributes.
+struct FinishedRun {
+    attention: AttentionKind,
+    seed: u64,
+    params: usize,
+    macs: u64,
+    train_seconds: f64,
+    metrics: serde_json::Value,
+}
+
+fn read_run(run: &CompareRun) -> Result<FinishedRun, CompareError> {
+    let path = run.dir.join("metrics.json");
+    let problem = |message: String| CompareError::Run {
+        path: path.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| problem(e.to_string()))?;
+    let metrics: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| problem(format!("not valid JSON: {e}")))?;
+    let info = RunDir::open(&run.dir)?.read_run_info()?;
+    let model = info
+        .model
+        .init(&Device::flex())
+        .map_err(|e| problem(e.to_string()))?;
+    Ok(FinishedRun {
+        attention: run.attention,
+        seed: run.seed,
+        params: metrics["params"].as_u64().unwrap_or(0) as usize,
+        macs: count_macs(&model, info.model.input_size).total,
+        train_seconds: metrics["train_seconds"].as_f64().unwrap_or(f64::NAN),
+        metrics: metrics["test"].clone(),
+    })
+}
+
+fn metric(run: &FinishedRun, name: &str) -> f64 {
+    run.metrics[name].as_f64().unwrap_or(f64::NAN)
+}
+
+/// Summarise the finished runs of `runs` (the whole grid).
+pub fn summarise(
+    data: &str,
+    units: &[AttentionKind],
+    seeds: &[u64],
+    runs: &[CompareRun],
+) -> Result<CompareSummary, CompareError> {
+    let finished: Vec<FinishedRun> = runs
+        .iter()
+        .filter(|run| run.status() == RunStatus::Finished)
+        .map(read_run)
+        .collect::<Result<_, _>>()?;
+    let rows: Vec<UnitSummary> = units
+        .iter()
+        .filter_map(|&unit| {
+            let mine: Vec<&FinishedRun> = finished.iter().filter(|r| r.attention == unit).collect();
+            let first = mine.first()?;
+            Some(UnitSummary {
+                attention: unit,
+                runs: mine.len(),
+                params: first.params,
+                macs: first.macs,
+                train_seconds: MetricStats::of(mine.iter().map(|r| r.train_seconds).collect()),
+                metrics: SUMMARY_METRICS
+                    .iter()
+                    .map(|&name| {
+                        let values = mine.iter().map(|r| metric(r, name)).collect();
+                        (name.to_string(), MetricStats::of(values))
+                    })
+                    .collect(),
+                seeds: mine.iter().map(|r| r.seed).collect(),
+            })
+        })
+        .collect();
+    let mut paired = Vec::new();
+    let reference: Vec<&FinishedRun> = finished
+        .iter()
+        .filter(|r| r.attention == AttentionKind::Ppcr)
+        .collect();
+    if !reference.is_empty() {
+        for &baseline in units.iter().filter(|&&u| u != AttentionKind::Ppcr) {
+            for name in SUMMARY_METRICS {
+                let differences: Vec<f64> = reference
+                    .iter()
+                    .filter_map(|ppcr| {
+                        finished
+                            .iter()
+                            .find(|r| r.attention == baseline && r.seed == ppcr.seed)
+                            .map(|other| metric(ppcr, name) - metric(other, name))
+                    })
+                    .filter(|d| d.is_finite())
+                    .collect();
+                if differences.is_empty() {
+                    continue;
+                }
+                paired.push(PairedComparison {
+                    baseline,
+                    metric: name.to_string(),
+                    mean_difference: differences.iter().sum::<f64>() / differences.len() as f64,
+                    p_value: paired_t_test(&differences),
+                    seeds: differences.len(),
+                });
+            }
+        }
+    }
+    Ok(CompareSummary {
+        data: data.to_string(),
+        seeds: seeds.to_vec(),
+        units: units.to_vec(),
+        missing_runs: runs.len() - finished.len(),
+        rows,
+        paired,
+    })
+}
+
+fn mean_std(stats: &MetricStats) -> String {
+    format!("{:.4} ± {:.4}", stats.mean, stats.std)
+}
+
+/// The Markdown table.
+pub fn markdown(summary: &CompareSummary) -> String {
+    let mut text = format!(
+        "# Attention units compared on {}\n\nTest metrics, mean ± standard deviation over seeds {:?}{}.\n\n",
+        summary.data,
+        summary.seeds,
+        if summary.missing_runs > 0 {
+            format!(" ({} runs not finished yet)", summary.missing_runs)
+        } else {
+            String::new()
+        }
+    );
+    text.push_str("| unit | runs | params | MACs | ");
+    text.push_str(&SUMMARY_METRICS.join(" | "));
+    text.push_str(" | train s |\n|---|---|---|---|");
+    text.push_str(&"---|".repeat(SUMMARY_METRICS.len() + 1));
+    text.push('\n');
+    for row in &summary.rows {
+        let _ = write!(
+            text,
+            "| {} | {} | {} | {:.2}M |",
+            row.attention,
+            row.runs,
+            row.params,
+            row.macs as f64 / 1e6
+        );
+        for name in SUMMARY_METRICS {
+            let _ = write!(text, " {} |", mean_std(&row.metrics[name]));
+        }
+        let _ = writeln!(
+            text,
+            " {:.1} ± {:.1} |",
+            row.train_seconds.mean, row.train_seconds.std
+        );
+    }
+    if !summary.paired.is_empty() {
+        text.push_str(
+            "\nPPCR minus each unit, paired over seeds (two-sided paired t-test):\n\n\
+             | baseline | metric | mean difference | p-value | seeds |\n|---|---|---|---|---|\n",
+        );
+        for pair in &summary.paired {
+            let p = pair
+                .p_value
+                .map(|p| format!("{p:.3}"))
+                .unwrap_or_else(|| "n/a".into());
+            let _ = writeln!(
+                text,
+                "| {} | {} | {:+.4} | {} | {} |",
+                pair.baseline, pair.metric, pair.mean_difference, p, pair.seeds
+            );
+        }
+    }
+    text
+}
+
+/// The CSV table: one row per unit, mean and std columns per metric.
+pub fn csv_table(summary: &CompareSummary) -> Vec<u8> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["unit", "runs", "params", "macs"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    for name in SUMMARY_METRICS.iter().chain(["train_seconds"].iter()) {
+        header.push(format!("{name}_mean"));
+        header.push(format!("{name}_std"));
+    }
+    writer.write_record(&header).expect("in-memory writer");
+    for row in &summary.rows {
+        let mut record = vec![
+            row.attention.to_string(),
+            row.runs.to_string(),
+            row.params.to_string(),
+            row.macs.to_string(),
+        ];
+        for stats in SUMMARY_METRICS
+            .iter()
+            .map(|name| &row.metrics[*name])
+            .chain([&row.train_seconds])
+        {
+            record.push(stats.mean.to_string());
+            record.push(stats.std.to_string());
+        }
+        writer.write_record(&record).expect("in-memory writer");
+    }
+    writer.into_inner().expect("in-memory writer")
+}
+
+/// Write `compare.json`, `compare.md` and `compare.csv` into `out` (atomically), returning
+/// the Markdown path.
+pub fn write_summary(out: &Path, summary: &CompareSummary) -> Result<PathBuf, CompareError> {
+    let write = |name: &str, bytes: &[u8]| {
+        let path = out.join(name);
+        write_atomic(&path, bytes).map_err(|e| CompareError::Run {
+            path: path.clone(),
+            message: format!("cannot write: {e}"),
+        })
+    };
+    write(
+        "compare.json",
+        &serde_json::to_vec_pretty(summary).expect("summary serialises"),
+    )?;
+    write("compare.csv", &csv_table(summary))?;
+    write("compare.md", markdown(summary).as_bytes())?;
+    Ok(out.join("compare.md"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_t_test_matches_a_hand_computed_case() {
+        // Differences 1, 2, 3: mean 2, sd 1, t = 2 / (1 / sqrt 3) = 3.4641, df 2.
+        // Two-sided p for t = 3.4641 with 2 df: 2 * (1 - F) = 1 - t / sqrt(t^2 + 2) = 0.07418.
+        let p = paired_t_test(&[1.0, 2.0, 3.0]).unwrap();
+        let t: f64 = 2.0 * 3f64.sqrt();
+        let exact = 1.0 - t / (t * t + 2.0).sqrt();
+        assert!((p - exact).abs() < 1e-9, "{p} vs {exact}");
+        assert!((p - 0.07418).abs() < 1e-4);
+        assert_eq!(paired_t_test(&[0.5]), None);
+        assert_eq!(paired_t_test(&[0.5, 0.5]), None);
+    }
+
+    #[test]
+    fn stats_use_the_sample_standard_deviation() {
+        let stats = MetricStats::of(vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(stats.mean, 2.5);
+        assert!((stats.std - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(MetricStats::of(vec![7.0]).std, 0.0);
+    }
+}
