@@ -129,14 +129,66 @@ impl Ppcr {
     }
 
     /// Fallible form of [`Ppcr::attention_map`].
+    ///
+    /// Computed without materialising the `K` pyramid maps. With `F` the finest level's `n`
+    /// group means and `G` the `[K, n]` matrix that builds the pyramid from them (`P = G F`):
+    /// the pixel mean is `g . F` (`g` the column means of `G`), the second moment is
+    /// `F^T Q F` with `Q = G^T G / K`, and the integration `sum_k W_k (P_k - mu)` is `U . F`
+    /// with `U = G^T W - g (sum_k W_k)`, a per-pixel `[n]` vector computed from the weights
+    /// alone. Every batch-sized tensor is then `n`-channel instead of `K`-channel and there
+    /// are fewer of them; [`Ppcr::reference_attention_map`] keeps the literal formulation the
+    /// tests hold this one to.
     pub fn try_attention_map(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
-        let [batch, channels, height, width] = x.dims();
-        if channels != self.channels {
-            return Err(AttentionError::ShapeMismatch(format!(
-                "ppcr: unit built for {} channels was fed {channels}",
-                self.channels
-            )));
-        }
+        let [batch, height, width] = self.check_shape(&x)?;
+        let pixels = height * width;
+        let weights = self.weights_for([height, width])?;
+        let device = x.device();
+        let channels = self.channels;
+        let finest_groups = 1usize << (self.levels - 1);
+        let maps = pyramid_maps(self.levels);
+        let pyramid = pyramid_from_finest(channels, self.levels);
+        let column_means: Vec<f32> = (0..finest_groups)
+            .map(|j| {
+                (0..maps)
+                    .map(|k| pyramid[k * finest_groups + j])
+                    .sum::<f32>()
+                    / maps as f32
+            })
+            .collect();
+        let gram: Vec<f32> = (0..finest_groups * finest_groups)
+            .map(|index| {
+                let (j, l) = (index / finest_groups, index % finest_groups);
+                (0..maps)
+                    .map(|k| pyramid[k * finest_groups + j] * pyramid[k * finest_groups + l])
+                    .sum::<f32>()
+                    / maps as f32
+            })
+            .collect();
+        let constant = |values: Vec<f32>, shape: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(values, shape), &device)
+        };
+        let pyramid = constant(pyramid, [maps, finest_groups]);
+        let column_means = constant(column_means, [finest_groups, 1]);
+        let gram = constant(gram, [finest_groups, finest_groups]);
+
+        let weights = weights.reshape([maps, pixels]);
+        let integration =
+            pyramid.transpose().matmul(weights.clone()) - column_means.clone() * weights.sum_dim(0);
+        let finest = self.finest_group_means(x);
+        let mean = (finest.clone() * column_means.unsqueeze::<3>()).sum_dim(1);
+        let second_moment =
+            (gram.unsqueeze::<3>().matmul(finest.clone()) * finest.clone()).sum_dim(1);
+        let variance = (second_moment - mean.square()).clamp_min(0.0);
+        let numerator = (finest * integration.unsqueeze::<3>()).sum_dim(1);
+        let logits = numerator / variance.add_scalar(self.epsilon).sqrt();
+        Ok(sigmoid(logits).reshape([batch, 1, height, width]))
+    }
+
+    /// The attention map computed literally as the paper and the released code state it:
+    /// all `K` pyramid maps, pixel normalization across them, per-pixel integration. The
+    /// reference [`Ppcr::try_attention_map`] is tested against.
+    pub fn reference_attention_map(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
+        let [batch, height, width] = self.check_shape(&x)?;
         let weights = self.weights_for([height, width])?;
         let maps = pyramid_maps(self.levels);
         let pyramid = self.channel_pyramid(x);
@@ -144,6 +196,18 @@ impl Ppcr {
         let pixel_context_weights = weights.reshape([1, maps, height * width]);
         let logits = (normalized * pixel_context_weights).sum_dim(1);
         Ok(sigmoid(logits).reshape([batch, 1, height, width]))
+    }
+
+    /// `[B, H, W]` of an input with the unit's channel count.
+    fn check_shape(&self, x: &Tensor<4>) -> Result<[usize; 3], AttentionError> {
+        let [batch, channels, height, width] = x.dims();
+        if channels != self.channels {
+            return Err(AttentionError::ShapeMismatch(format!(
+                "ppcr: unit built for {} channels was fed {channels}",
+                self.channels
+            )));
+        }
+        Ok([batch, height, width])
     }
 
     /// The unit's weights at `[height, width]`: as built, or resized when configured to.
@@ -179,11 +243,26 @@ impl Ppcr {
     /// a union of finest groups, so its mean is their size-weighted average (a tiny `[K, n]`
     /// matrix product instead of one slice-and-mean per group).
     pub fn channel_pyramid(&self, x: Tensor<4>) -> Tensor<3> {
-        let [batch, channels, height, width] = x.dims();
         let device = x.device();
         let finest_groups = 1usize << (self.levels - 1);
+        let finest = self.finest_group_means(x);
+        let maps = pyramid_maps(self.levels);
+        let pyramid = Tensor::<2>::from_data(
+            TensorData::new(
+                pyramid_from_finest(self.channels, self.levels),
+                [maps, finest_groups],
+            ),
+            &device,
+        );
+        pyramid.unsqueeze::<3>().matmul(finest)
+    }
+
+    /// The finest pyramid level's group means, `[B, C, H, W]` -> `[B, n, H*W]`, in one pass.
+    fn finest_group_means(&self, x: Tensor<4>) -> Tensor<3> {
+        let [batch, channels, height, width] = x.dims();
+        let finest_groups = 1usize << (self.levels - 1);
         let pixels = height * width;
-        let finest = if channels % finest_groups == 0 {
+        if channels % finest_groups == 0 {
             x.reshape([batch, finest_groups, channels / finest_groups, pixels])
                 .mean_dim(2)
                 .reshape([batch, finest_groups, pixels])
@@ -193,21 +272,12 @@ impl Ppcr {
                     finest_group_averaging(channels, finest_groups),
                     [finest_groups, channels],
                 ),
-                &device,
+                &x.device(),
             );
             averaging
                 .unsqueeze::<3>()
                 .matmul(x.reshape([batch, channels, pixels]))
-        };
-        let maps = pyramid_maps(self.levels);
-        let pyramid = Tensor::<2>::from_data(
-            TensorData::new(
-                pyramid_from_finest(channels, self.levels),
-                [maps, finest_groups],
-            ),
-            &device,
-        );
-        pyramid.unsqueeze::<3>().matmul(finest)
+        }
     }
 }
 
@@ -392,6 +462,28 @@ mod tests {
             (7.0 * (2.0f64 - mean1).powi(2) + 4.0 * mean1.powi(2) + 4.0 * (3.0 - mean1).powi(2))
                 / 15.0;
         assert!((standardised(&pixel1, 3) - (2.0 - mean1) / (var1 + 1e-5).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn factorised_forward_matches_the_literal_formulation() {
+        let device = device();
+        for (channels, levels, seed) in [(12, 4, 1), (16, 4, 2), (13, 3, 3), (64, 4, 4), (9, 2, 5)]
+        {
+            let mut ppcr = PpcrConfig::new(channels, [3, 4])
+                .with_levels(levels)
+                .init(&device)
+                .unwrap();
+            let maps = pyramid_maps(levels);
+            ppcr.pixel_context_weights = Param::from_tensor(
+                random_tensor3([maps, 3, 4], seed + 10, &device).mul_scalar(2.0),
+            );
+            let x = random_tensor([3, channels, 3, 4], seed, &device);
+            let fast = values(ppcr.attention_map(x.clone()));
+            let literal = values(ppcr.reference_attention_map(x).unwrap());
+            for (f, l) in fast.iter().zip(&literal) {
+                assert!((f - l).abs() < 2e-5, "C={channels} L={levels}: {f} vs {l}");
+            }
+        }
     }
 
     #[test]
