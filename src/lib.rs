@@ -4,11 +4,12 @@
 //! 2303.01917), a plug-in that weights every pixel of a feature map from that pixel's own
 //! multi-scale channel context. [`attention`] holds it and the units it is compared to;
 //! [`models`] the ResNets they plug into; [`metrics`] the classification metrics reviewers ask
-//! for.
+//! for; [`explain`] Grad-CAM and the units' attention maps drawn over the input image.
 
 pub mod attention;
 pub mod compare;
 pub mod data;
+pub mod explain;
 pub mod metrics;
 pub mod models;
 pub mod params;

@@ -5,6 +5,7 @@ mod compare;
 mod data_options;
 mod device;
 mod eval;
+mod explain;
 mod models;
 mod predict;
 mod profile;
@@ -30,6 +31,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Class and probabilities for image files.
     Predict(predict::PredictArgs),
+    /// Grad-CAM and attention-map figures for image files, with explain.json.
+    Explain(explain::ExplainArgs),
     /// List every backbone x attention unit with its parameter counts.
     Models(models::ModelsArgs),
     /// Train every unit with every seed and tabulate their test metrics.
@@ -47,6 +50,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Predict(args) => predict::run(&args),
+        Command::Explain(args) => explain::run(&args),
         Command::Models(args) => models::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Profile(args) => profile::run(&args),

@@ -149,6 +149,17 @@ pub fn load_image_file(path: &Path, size: usize, channels: usize) -> Result<Vec<
     image_io::decode_image_file(path, Some(size), Some(channels)).map(|image| image.pixels)
 }
 
+/// Reads one image file at its own size as 8-bit RGB (grey replicated, alpha dropped), H x W x 3
+/// interleaved with its shape, for drawing results over the image as the user sees it.
+pub fn load_image_file_rgb(path: &Path) -> Result<(Vec<u8>, ImageShape), DataError> {
+    if !path.exists() {
+        return Err(DataError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    image_io::decode_image_file(path, None, Some(3)).map(|image| (image.pixels, image.shape))
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     //! Paths to fixtures and a self-deleting temporary folder for the data tests.

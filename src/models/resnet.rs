@@ -296,6 +296,18 @@ impl ResNet {
         &self,
         x: Tensor<4>,
     ) -> Result<(Tensor<2>, Vec<Vec<Option<Tensor<4>>>>), ModelError> {
+        let (features, maps) = self.forward_features_with_attention_maps(x)?;
+        Ok((self.forward_head(features), maps))
+    }
+
+    /// The last stage's feature map and every block's spatial attention map, as
+    /// [`ResNet::forward_with_attention_maps`] but stopping before the head, so that Grad-CAM
+    /// and the attention maps come from one pass.
+    #[allow(clippy::type_complexity)]
+    pub fn forward_features_with_attention_maps(
+        &self,
+        x: Tensor<4>,
+    ) -> Result<(Tensor<4>, Vec<Vec<Option<Tensor<4>>>>), ModelError> {
         self.check_input(x.dims())?;
         let mut x = self.stem.forward(x);
         let mut maps = Vec::with_capacity(self.stages.len());
@@ -308,7 +320,7 @@ impl ResNet {
             }
             maps.push(stage_maps);
         }
-        Ok((self.forward_head(x), maps))
+        Ok((x, maps))
     }
 }
 
