@@ -4,7 +4,8 @@
 //! 2303.01917), a plug-in that weights every pixel of a feature map from that pixel's own
 //! multi-scale channel context. [`attention`] holds it and the units it is compared to;
 //! [`models`] the ResNets they plug into; [`metrics`] the classification metrics reviewers ask
-//! for; [`explain`] Grad-CAM and the units' attention maps drawn over the input image.
+//! for; [`explain`] Grad-CAM and the units' attention maps drawn over the input image;
+//! [`report`] the HTML report of runs and comparisons.
 
 pub mod attention;
 pub mod compare;
@@ -14,4 +15,5 @@ pub mod metrics;
 pub mod models;
 pub mod params;
 pub mod profile;
+pub mod report;
 pub mod train;

@@ -290,3 +290,70 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
         assert!(!Path::new(out).join("metrics.json").exists());
     }
 }
+
+#[test]
+fn report_writes_a_page_and_refuses_bad_input_clearly() {
+    let folder = tempfile::tempdir().unwrap();
+    let compare = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report/compare");
+    let compare_arg = compare.to_str().unwrap();
+    let page = folder.path().join("report.html");
+    let output = ppcr(&[
+        "report",
+        compare_arg,
+        "-o",
+        page.to_str().unwrap(),
+        "--title",
+        "PBC units",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout(&output).contains("report.html (1 section,"));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<title>PBC units</title>"));
+    assert!(html.contains("<tr data-unit=\"ppcr\">"));
+
+    // A folder that is none of the three kinds.
+    let empty = folder.path().join("notes");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("readme.txt"), "hello").unwrap();
+    let output = ppcr(&[
+        "report",
+        empty.to_str().unwrap(),
+        "-o",
+        page.to_str().unwrap(),
+    ]);
+    assert_clean_failure(
+        &output,
+        &["notes", "not a run folder", "compare.json", "PNG"],
+    );
+
+    let output = ppcr(&["report", "/no/such/folder"]);
+    assert_clean_failure(&output, &["/no/such/folder", "no such folder"]);
+
+    // A run folder whose metrics.json is corrupt.
+    let run = folder.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    for file in ["run.json", "log.csv"] {
+        std::fs::copy(compare.join("runs/ppcr-seed0").join(file), run.join(file)).unwrap();
+    }
+    std::fs::write(run.join("metrics.json"), "{\"best_epoch\": 3,").unwrap();
+    let output = ppcr(&[
+        "report",
+        run.to_str().unwrap(),
+        "-o",
+        page.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&output, &["metrics.json", "unreadable or corrupt"]);
+
+    // An output path that cannot be written: a missing folder, and a folder itself.
+    let unwritable = folder.path().join("no-such-folder/report.html");
+    let output = ppcr(&["report", compare_arg, "-o", unwritable.to_str().unwrap()]);
+    assert_clean_failure(
+        &output,
+        &["no-such-folder/report.html", "cannot write the report"],
+    );
+    let output = ppcr(&["report", compare_arg, "-o", folder.path().to_str().unwrap()]);
+    assert_clean_failure(&output, &["cannot write the report", "is a folder"]);
+
+    let output = ppcr(&["report"]);
+    assert_clean_failure(&output, &["FOLDER"]);
+}

@@ -10,6 +10,7 @@ mod models;
 mod predict;
 mod profile;
 mod progress;
+mod report;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ enum Command {
     Profile(profile::ProfileArgs),
     /// Time the attention units: unit vs copy, network vs plain network, end to end.
     Bench(bench::BenchArgs),
+    /// One self-contained HTML report of run, comparison and image folders.
+    Report(report::ReportArgs),
 }
 
 /// Parse the command line and run the chosen subcommand.
@@ -55,5 +58,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Profile(args) => profile::run(&args),
         Command::Compare(args) => compare::run(&args),
+        Command::Report(args) => report::run(&args),
     }
 }

@@ -70,6 +70,8 @@ pub struct UnitSummary {
 /// PPCR against one other unit on one metric, over the seeds both finished.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PairedComparison {
+    /// The unit compared against the baseline (PPCR).
+    pub candidate: AttentionKind,
     /// The other unit.
     pub baseline: AttentionKind,
     /// The metric.
@@ -206,6 +208,7 @@ pub fn summarise(
                     continue;
                 }
                 paired.push(PairedComparison {
+                    candidate: AttentionKind::Ppcr,
                     baseline,
                     metric: name.to_string(),
                     mean_difference: differences.iter().sum::<f64>() / differences.len() as f64,
