@@ -267,14 +267,31 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
     assert_clean_failure(&output, &["lr", "epochs"]);
 
     // An output folder that cannot be created fails before any training.
-    let output = ppcr(&["train", "--epochs", "1", "--out", "/proc/ppcr-cannot-write-here"]);
+    let output = ppcr(&[
+        "train",
+        "--epochs",
+        "1",
+        "--out",
+        "/proc/ppcr-cannot-write-here",
+    ]);
     assert_clean_failure(&output, &["/proc/ppcr-cannot-write-here"]);
 
     // A diverging run stops with the epoch and step, and suggests a lower learning rate.
     let diverge = folder.path().join("diverge");
     let output = ppcr(&[
-        "train", "--data", fixtures().join("pbc_mini").to_str().unwrap(), "--size", "16",
-        "--epochs", "3", "--batch", "4", "--lr", "1e30", "--out", diverge.to_str().unwrap(),
+        "train",
+        "--data",
+        fixtures().join("pbc_mini").to_str().unwrap(),
+        "--size",
+        "16",
+        "--epochs",
+        "3",
+        "--batch",
+        "4",
+        "--lr",
+        "1e30",
+        "--out",
+        diverge.to_str().unwrap(),
     ]);
     assert_clean_failure(&output, &["diverged", "epoch", "step", "--lr"]);
     assert!(!diverge.join("metrics.json").exists());
