@@ -57,19 +57,27 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 args.runs
             );
             println!(
-                "{:<22} {:>18} {:>9} {:>9} {:>7} {:>11} {:>7}",
-                "where", "shape", "copy ms", "fwd ms", "fwd/cp", "fwd+bwd ms", "f+b/cp"
+                "{:<22} {:>18} {:>9} {:>9} {:>7} {:>11} {:>7} {:>10}",
+                "where",
+                "shape",
+                "copy ms",
+                "fwd ms",
+                "fwd/cp",
+                "fwd+bwd ms",
+                "f+b/cp",
+                "literal/fwd"
             );
             for r in &results {
                 println!(
-                    "{:<22} {:>18} {:>9.3} {:>9.3} {:>7.2} {:>11.3} {:>7.2}",
+                    "{:<22} {:>18} {:>9.3} {:>9.3} {:>7.2} {:>11.3} {:>7.2} {:>10.2}",
                     r.shape.label,
                     format!("{:?}", r.shape.shape),
                     r.copy.median_ms,
                     r.forward.median_ms,
                     r.forward_ratio(),
                     r.forward_backward.median_ms,
-                    r.forward_backward_ratio()
+                    r.forward_backward_ratio(),
+                    r.reference_forward.median_ms / r.forward.median_ms
                 );
             }
             println!();

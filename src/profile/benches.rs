@@ -31,6 +31,9 @@ pub struct UnitBench {
     pub copy: Timing,
     /// PPCR forward.
     pub forward: Timing,
+    /// PPCR forward in the literal formulation (all `K` maps materialised), the reference the
+    /// factorised forward is tested against.
+    pub reference_forward: Timing,
     /// PPCR forward and backward (`sum(y).backward()`).
     pub forward_backward: Timing,
     /// Copy forward and backward (`sum(x * 1).backward()`), the same harness around a copy.
@@ -114,6 +117,14 @@ pub fn unit_bench(
                 sync(device);
                 drop(y);
             });
+            let reference_forward = time_median(warmup, runs, || {
+                let attention = ppcr
+                    .reference_attention_map(x.clone())
+                    .expect("benchmark shapes fit");
+                let y = x.clone() * attention;
+                sync(device);
+                drop(y);
+            });
             let ppcr_train = make_ppcr(&autodiff);
             let x_train = Tensor::<4>::from_data(x.to_data(), &autodiff).require_grad();
             let forward_backward = time_median(warmup, runs, || {
@@ -130,6 +141,7 @@ pub fn unit_bench(
                 shape: unit_shape.clone(),
                 copy,
                 forward,
+                reference_forward,
                 forward_backward,
                 copy_forward_backward,
             }
