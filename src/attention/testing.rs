@@ -79,6 +79,30 @@ impl ModuleMapper for SetElement {
     }
 }
 
+/// Replaces every float parameter with seeded values, so a check never depends on the
+/// device's shared random generator (which tests running in parallel advance in any order).
+struct SeededParameters {
+    next_seed: u64,
+}
+
+impl ModuleMapper for SeededParameters {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        self.next_seed += 1;
+        let seed = self.next_seed;
+        param.map(|tensor| {
+            let device = tensor.device();
+            let dims = tensor.dims();
+            let values = seeded_values(dims.iter().product(), 500 + seed);
+            let tensor = Tensor::from_data(TensorData::new(values, dims), &device);
+            if device.is_autodiff() {
+                tensor.require_grad()
+            } else {
+                tensor
+            }
+        })
+    }
+}
+
 /// `sum(output * probe)` accumulated in f64, so rounding in the sum does not swamp the
 /// finite differences.
 fn probed_loss(output: Tensor<4>, probe: &[f32]) -> f64 {
@@ -111,12 +135,14 @@ fn assert_close(what: &str, index: usize, analytic: f64, numeric: f64) {
 
 /// Check autodiff gradients of `sum(forward(module, x) * probe)` with respect to the input and
 /// to every float parameter against central finite differences (step 1e-3, f32 forward,
-/// f64 loss). `module` must live on an autodiff device.
+/// f64 loss). `module` must live on an autodiff device; its parameters are first replaced by
+/// seeded values in [-1, 1), so the check is the same on every run.
 pub fn assert_gradients_match<M, F>(module: M, input_shape: [usize; 4], forward: F)
 where
     M: Module + Clone,
     F: Fn(&M, Tensor<4>) -> Tensor<4>,
 {
+    let module = module.map(&mut SeededParameters { next_seed: 0 });
     let device = module
         .devices()
         .first()

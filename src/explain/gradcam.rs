@@ -7,6 +7,7 @@
 //! particular network: the head that turns the feature map into logits is any differentiable
 //! closure, which is what lets the tests check the method on heads with a known answer.
 
+use crate::metrics::argmax;
 use burn::tensor::{Tensor, TensorData, activation::relu};
 
 use super::{ExplainError, Heatmap};
@@ -108,17 +109,6 @@ fn to_vec<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, ExplainError> {
         .into_data()
         .try_into_vec_as::<f32>()
         .map_err(|error| ExplainError::Shape(format!("reading tensor values: {error:?}")))
-}
-
-/// Index of the largest value (the first on ties; NaN never wins).
-fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (index, &value)| {
-            if value > best.1 { (index, value) } else { best }
-        })
-        .0
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! arXiv 2303.01917) puts weight; CBAM's spatial branch and SimAM's neuron weights are
 //! collected the same way.
 
+use crate::metrics::argmax;
 use burn::module::Module;
 use burn::tensor::Tensor;
 
@@ -84,16 +85,6 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
     let exps: Vec<f32> = logits.iter().map(|&logit| (logit - max).exp()).collect();
     let total: f32 = exps.iter().sum();
     exps.into_iter().map(|value| value / total).collect()
-}
-
-fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (index, &value)| {
-            if value > best.1 { (index, value) } else { best }
-        })
-        .0
 }
 
 #[cfg(test)]

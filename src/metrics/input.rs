@@ -72,16 +72,7 @@ pub fn predicted_classes(
 pub(super) fn argmax_rows(probabilities: &[f32], num_classes: usize) -> Vec<usize> {
     probabilities
         .chunks_exact(num_classes)
-        .map(|row| {
-            // Strict `>` keeps the first maximum, which is the tie rule we promise.
-            let mut best = 0;
-            for (k, &p) in row.iter().enumerate().skip(1) {
-                if p > row[best] {
-                    best = k;
-                }
-            }
-            best
-        })
+        .map(argmax)
         .collect()
 }
 
@@ -94,6 +85,18 @@ pub(super) fn check_finite(
         Some((index, value)) => Err(MetricsError::NonFinite { what, index, value }),
         None => Ok(()),
     }
+}
+
+/// Index of the largest value of one row of scores; ties go to the lowest index and NaN never
+/// wins (strict `>`), the rule every prediction in the crate follows.
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (k, &value) in row.iter().enumerate().skip(1) {
+        if value > row[best] || row[best].is_nan() && !value.is_nan() {
+            best = k;
+        }
+    }
+    best
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ pub use classification::{
 };
 pub use confusion::ConfusionMatrix;
 pub use error::MetricsError;
-pub use input::{predicted_classes, validate_inputs};
+pub use input::{argmax, predicted_classes, validate_inputs};
 pub use report::{ClassMetrics, ClassificationReport};
 
 /// Computes every metric of [`ClassificationReport`] from softmax outputs and labels.

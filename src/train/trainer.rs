@@ -24,7 +24,7 @@ use super::evaluate::{SplitEvaluation, evaluate_split};
 use super::{LogFormat, SelectionMetric, StepProgress, TrainConfig, TrainError, TrainObserver};
 use crate::attention::AttentionConfig;
 use crate::data::{AugmentConfig, Dataset, Normalization, make_batch};
-use crate::metrics::ClassificationReport;
+use crate::metrics::{ClassificationReport, argmax};
 use crate::models::ResNetConfig;
 use crate::params::count_trainable;
 
@@ -233,15 +233,6 @@ fn predictions_csv(class_names: &[String], labels: &[usize], probabilities: &[f3
         writer.write_record(&record).expect("in-memory writer");
     }
     writer.into_inner().expect("in-memory writer")
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 { (i, v) } else { best }
-        })
-        .0
 }
 
 /// Train on `dataset` into the run folder `out` (resuming it when `resume` is set), on
