@@ -2,37 +2,11 @@
 //! from the run, the JSON model listing, and bad input that must end in a clear error naming
 //! the file or value, a non-zero exit and no panic.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn ppcr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ppcr"))
-        .args(args)
-        .output()
-        .expect("the ppcr binary runs")
-}
+use std::path::Path;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Asserts a clean failure: non-zero exit, an `error:` line mentioning every needle, no panic.
-fn assert_clean_failure(output: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "expected failure, stderr: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert!(stderr.contains("error:"), "no error line: {stderr}");
-    for needle in needles {
-        assert!(stderr.contains(needle), "'{needle}' missing from: {stderr}");
-    }
-}
+use common::{assert_clean_failure, fixtures, ppcr, stdout};
 
 #[test]
 fn train_eval_predict_on_an_image_folder() {

@@ -1,15 +1,11 @@
 //! `ppcr compare` end to end on real images: a grid spread over two shards, collected by a
 //! final call that trains nothing, with an interrupted run resumed rather than retrained.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn ppcr(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ppcr"))
-        .args(args)
-        .output()
-        .expect("the ppcr binary runs")
-}
+use std::path::Path;
+
+use common::ppcr;
 
 #[test]
 fn sharded_grid_is_collected_and_finished_runs_are_not_retrained() {

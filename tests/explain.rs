@@ -3,56 +3,16 @@
 //! JPEG and a non-square PNG, checked pixel by pixel where explain.json says the overlay and
 //! colour bar are; and bad input ending in a clear error, a non-zero exit and no panic.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{assert_success, fixtures, ppcr, train_tiny};
 
 use ppcr::explain::{Colormap, display_size};
-
-fn ppcr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ppcr"))
-        .args(args)
-        .output()
-        .expect("the ppcr binary runs")
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data")
-}
-
-fn assert_success(output: &Output) {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Trains a tiny PPCR model for one epoch into `folder/run` and returns the run folder.
-fn train_tiny(folder: &Path) -> PathBuf {
-    let run = folder.join("run");
-    let data = fixtures().join("pbc_mini");
-    assert_success(&ppcr(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch",
-        "4",
-        "--attn",
-        "ppcr",
-        "--out",
-        run.to_str().unwrap(),
-    ]));
-    run
-}
 
 #[test]
 fn explain_writes_overlays_with_colour_bars_and_lists_them() {
     let folder = tempfile::tempdir().unwrap();
-    let run = train_tiny(folder.path());
+    let run = train_tiny(folder.path(), 1);
     let square = fixtures().join("pbc_mini/test/platelet/PLATELET_459043.jpg");
     // A 128x80 crop, so that the figures must keep a non-square aspect ratio.
     let wide = folder.path().join("wide cell.png");
@@ -199,7 +159,7 @@ fn explain_writes_overlays_with_colour_bars_and_lists_them() {
 #[test]
 fn explain_refuses_bad_input_with_a_clear_error() {
     let folder = tempfile::tempdir().unwrap();
-    let run = train_tiny(folder.path());
+    let run = train_tiny(folder.path(), 1);
     let run_arg = run.to_str().unwrap();
     let image = fixtures().join("pbc_mini/test/basophil/BA_970453.jpg");
     let image_arg = image.to_str().unwrap();

@@ -6,30 +6,17 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use common::{assert_success, ppcr, train_tiny};
 
 /// The longest a browser call may take before the test fails.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn ppcr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ppcr"))
-        .args(args)
-        .output()
-        .expect("the ppcr binary runs")
-}
-
-fn assert_success(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 fn chromium() -> Option<PathBuf> {
     let installed = Path::new("/usr/bin/chromium");
@@ -129,23 +116,7 @@ fn attribute<'a>(element: &'a str, name: &str) -> Option<&'a str> {
 #[test]
 fn report_renders_in_a_headless_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let run = dir.path().join("run");
-    let data = root.join("tests/fixtures/data/pbc_mini");
-    let output = ppcr(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--size",
-        "32",
-        "--epochs",
-        "2",
-        "--batch",
-        "4",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    assert_success(&output, "ppcr train");
+    let run = train_tiny(dir.path(), 2);
 
     let gallery = dir.path().join("explain");
     std::fs::create_dir_all(&gallery).unwrap();
@@ -155,7 +126,7 @@ fn report_renders_in_a_headless_browser() {
     overlay.save(gallery.join("overlay-0.png")).unwrap();
     std::fs::write(gallery.join("explain.json"), r#"{"method": "gradcam"}"#).unwrap();
 
-    let compare = root.join("tests/fixtures/report/compare");
+    let compare = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report/compare");
     let page = dir.path().join("report.html");
     let output = ppcr(&[
         "report",
@@ -165,7 +136,7 @@ fn report_renders_in_a_headless_browser() {
         "-o",
         page.to_str().unwrap(),
     ]);
-    assert_success(&output, "ppcr report");
+    assert_success(&output);
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"));
 

@@ -1,0 +1,74 @@
+//! Helpers the end-to-end tests share: running the `ppcr` binary, the fixture folder, and the
+//! two ways a command may end (success, or a clean failure with a named error and no panic).
+
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Run the `ppcr` binary built for these tests.
+pub fn ppcr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ppcr"))
+        .args(args)
+        .output()
+        .expect("the ppcr binary runs")
+}
+
+/// `tests/fixtures/data`.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data")
+}
+
+/// The command's standard output.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Asserts the command succeeded, showing its output when it did not.
+pub fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "command failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Asserts a clean failure: non-zero exit, an `error:` line mentioning every needle, no panic.
+pub fn assert_clean_failure(output: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "expected failure, stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(stderr.contains("error:"), "no error line: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "'{needle}' missing from: {stderr}");
+    }
+}
+
+/// Trains a PPCR ResNet-20 on the PBC fixture images at 32 px for `epochs` epochs into
+/// `folder/run`, and returns the run folder.
+pub fn train_tiny(folder: &Path, epochs: usize) -> PathBuf {
+    let run = folder.join("run");
+    let data = fixtures().join("pbc_mini");
+    let epochs = epochs.to_string();
+    assert_success(&ppcr(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--size",
+        "32",
+        "--epochs",
+        &epochs,
+        "--batch",
+        "4",
+        "--attn",
+        "ppcr",
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    run
+}
