@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_clean_failure, fixtures, ppcr, stdout};
+use common::{assert_clean_failure, assert_success, fixtures, ppcr, stdout};
 
 #[test]
 fn train_eval_predict_on_an_image_folder() {
@@ -250,10 +250,19 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
     ]);
     assert_clean_failure(&output, &["/proc/ppcr-cannot-write-here"]);
 
-    // A diverging run stops with the epoch and step, and suggests a lower learning rate.
+    // A run that diverges in epoch 2 (the step schedule multiplies the rate by 1e30 there)
+    // stops naming the epoch and step, suggests a lower rate, and keeps epoch 1's checkpoint.
     let diverge = folder.path().join("diverge");
+    let diverge_config = folder.path().join("diverge.toml");
+    std::fs::write(
+        &diverge_config,
+        "lr = 0.01\n[schedule]\nkind = \"step\"\nmilestones = [1]\ngamma = 1e30\n",
+    )
+    .unwrap();
     let output = ppcr(&[
         "train",
+        "--config",
+        diverge_config.to_str().unwrap(),
         "--data",
         fixtures().join("pbc_mini").to_str().unwrap(),
         "--size",
@@ -262,13 +271,21 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
         "3",
         "--batch",
         "4",
-        "--lr",
-        "1e30",
         "--out",
         diverge.to_str().unwrap(),
     ]);
-    assert_clean_failure(&output, &["diverged", "epoch", "step", "--lr"]);
+    assert_clean_failure(&output, &["diverged", "epoch 2, step", "--lr"]);
     assert!(!diverge.join("metrics.json").exists());
+    let latest = std::fs::read_to_string(diverge.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), "epoch-0001");
+    let kept = ppcr(&[
+        "eval",
+        "--checkpoint",
+        diverge.to_str().unwrap(),
+        "--latest",
+    ]);
+    assert_success(&kept);
+    assert!(stdout(&kept).contains("accuracy"), "{}", stdout(&kept));
 
     let output = ppcr(&["train", "--resume"]);
     assert_clean_failure(&output, &["--out"]);

@@ -1,5 +1,7 @@
 //! `ppcr bench`: what the attention units cost, as medians and ratios measured in one run.
 
+use std::path::PathBuf;
+
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
@@ -18,6 +20,9 @@ pub enum Suite {
     EndToEnd,
     /// All of the above.
     All,
+    /// Train the default model for --minutes and record resident memory per epoch (not part
+    /// of `all`).
+    Soak,
 }
 
 /// Options of `ppcr bench`.
@@ -41,10 +46,19 @@ pub struct BenchArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Length of the soak run, minutes.
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    /// Where the soak run writes its memory curve (epoch, seconds, resident MiB).
+    #[arg(long, default_value = "soak.csv")]
+    soak_csv: PathBuf,
 }
 
 /// Run `ppcr bench`.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.suite == Suite::Soak {
+        return super::soak::run(args.minutes, &args.soak_csv);
+    }
     let device = super::device::parse_device(None)?;
     let mut report = serde_json::Map::new();
     let wants = |suite| args.suite == suite || args.suite == Suite::All;

@@ -11,6 +11,7 @@ mod predict;
 mod profile;
 mod progress;
 mod report;
+mod soak;
 mod train;
 
 use clap::{Parser, Subcommand};

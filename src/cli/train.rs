@@ -58,10 +58,11 @@ pub struct TrainSettings {
     /// [default: cosine, 1 warm-up epoch].
     #[arg(long)]
     schedule: Option<String>,
-    /// Warm-up epochs of the cosine schedule.
+    /// Warm-up epochs of the cosine schedule [default: 1].
     #[arg(long)]
     warmup_epochs: Option<f64>,
-    /// Epochs where the step schedule divides the rate by 10, e.g. 30,60.
+    /// Epochs where the step schedule divides the rate by 10, e.g. 30,60 [default: none, the
+    /// rate stays constant].
     #[arg(long, value_delimiter = ',')]
     milestones: Option<Vec<usize>>,
     /// Label smoothing [default: 0].

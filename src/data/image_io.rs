@@ -105,6 +105,18 @@ pub(crate) fn finish_image(
     if width == 0 || height == 0 {
         return Err(format!("image has zero width or height ({width}x{height})"));
     }
+    let non_finite = match &image {
+        DynamicImage::ImageRgb32F(buffer) => buffer.iter().any(|value| !value.is_finite()),
+        DynamicImage::ImageRgba32F(buffer) => buffer.iter().any(|value| !value.is_finite()),
+        _ => false,
+    };
+    if non_finite {
+        // Converting to 8 bits would silently turn NaN into black and infinity into white.
+        return Err(
+            "floating-point image contains NaN or infinite pixel values; fix or drop the file"
+                .to_string(),
+        );
+    }
     let stored_channels = if image.color().has_color() { 3 } else { 1 };
     let target_channels = channels.unwrap_or(stored_channels);
     let (out_height, out_width) = size.map_or((height, width), |size| (size, size));
@@ -204,6 +216,18 @@ pub(crate) fn resize_pixels(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn float_images_with_nan_or_infinity_are_refused() {
+        let mut buffer = image::Rgb32FImage::from_pixel(4, 4, image::Rgb([0.25, 0.5, 0.75]));
+        let clean = finish_image(DynamicImage::ImageRgb32F(buffer.clone()), None, None).unwrap();
+        assert_eq!(&clean.pixels[..3], &[64, 128, 191]);
+        buffer.put_pixel(2, 1, image::Rgb([0.1, f32::NAN, 0.1]));
+        let error = finish_image(DynamicImage::ImageRgb32F(buffer.clone()), None, None);
+        assert!(error.unwrap_err().contains("NaN"));
+        buffer.put_pixel(2, 1, image::Rgb([0.1, 0.1, f32::INFINITY]));
+        assert!(finish_image(DynamicImage::ImageRgb32F(buffer), Some(8), Some(1)).is_err());
+    }
 
     #[test]
     fn image_extensions_ignore_case() {

@@ -1,9 +1,11 @@
 //! Measuring what the attention units cost: parameters and multiply-accumulates counted from
 //! shapes, unit-level and network-level timings with medians
-//! and ratios measured in one run, for the paper's claim that PPCR costs next to nothing.
+//! and ratios measured in one run, for the paper's claim that PPCR costs next to nothing; and
+//! resident memory over long runs.
 
 mod benches;
 mod macs;
+mod memory;
 mod timing;
 mod units;
 
@@ -12,5 +14,6 @@ pub use benches::{
     network_bench, unit_bench, unit_bench_shapes,
 };
 pub use macs::{MacCount, count_macs};
+pub use memory::{MemoryCurve, MemorySample, resident_set_bytes};
 pub use timing::{Timing, median, time_median};
 pub use units::{UnitProfile, profile_units};

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TrainError;
 use super::atomic::write_atomic;
+use super::pause::pause_point;
 use crate::data::Normalization;
 use crate::models::{ResNet, ResNetConfig};
 
@@ -97,6 +98,21 @@ fn io_error(path: &Path, action: &str, error: impl std::fmt::Display) -> TrainEr
     }
 }
 
+/// Like [`io_error`], and on a full disk says how to carry on.
+fn write_error(path: &Path, error: std::io::Error) -> TrainError {
+    let hint = if error.kind() == std::io::ErrorKind::StorageFull {
+        "; the disk is full: free space, then continue the run with --resume (every completed \
+         epoch is kept)"
+    } else {
+        ""
+    };
+    io_error(path, "cannot write", format!("{error}{hint}"))
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
 impl RunDir {
     /// Create (or reuse) a run folder and prove it is writable before any work starts.
     pub fn create(root: &Path) -> Result<Self, TrainError> {
@@ -106,9 +122,30 @@ impl RunDir {
         write_atomic(&probe, b"ok")
             .map_err(|e| io_error(root, "output folder is not writable", e))?;
         let _ = fs::remove_file(probe);
-        Ok(RunDir {
+        let run = RunDir {
             root: root.to_path_buf(),
-        })
+        };
+        run.remove_leftovers();
+        Ok(run)
+    }
+
+    /// Remove what a process killed mid-write left behind: temporary files of atomic writes
+    /// and partial epoch folders. None of them is ever read, but they would pile up.
+    fn remove_leftovers(&self) {
+        for folder in [self.root.clone(), self.checkpoints()] {
+            let Ok(entries) = fs::read_dir(&folder) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                if name.starts_with('.') && name.contains(".tmp-") && path.is_file() {
+                    let _ = fs::remove_file(&path);
+                } else if name.starts_with('.') && name.ends_with(".partial") && path.is_dir() {
+                    let _ = fs::remove_dir_all(&path);
+                }
+            }
+        }
     }
 
     /// Open an existing run folder (for evaluation, prediction or resuming).
@@ -150,7 +187,37 @@ impl RunDir {
 
     /// Write a small text or JSON file atomically.
     pub fn write_file(&self, path: &Path, contents: &[u8]) -> Result<(), TrainError> {
-        write_atomic(path, contents).map_err(|e| io_error(path, "cannot write", e))
+        write_atomic(path, contents).map_err(|e| write_error(path, e))
+    }
+
+    /// Refuse to start when the disk cannot hold the checkpoints the run will keep: at the
+    /// moment a new epoch is saved, the `best` folder, the previous `latest` folder and the new
+    /// one coexist. `checkpoint_bytes` is the size of one epoch folder.
+    pub fn ensure_space_for_checkpoints(&self, checkpoint_bytes: u64) -> Result<(), TrainError> {
+        let existing = fs::read_dir(self.checkpoints())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("epoch-"))
+                    .count()
+            })
+            .unwrap_or(0);
+        let needed = checkpoint_bytes * (3usize.saturating_sub(existing).max(1)) as u64;
+        let free = fs4::available_space(&self.root)
+            .map_err(|e| io_error(&self.root, "cannot read the free disk space", e))?;
+        if free < needed {
+            return Err(TrainError::Io {
+                path: self.root.clone(),
+                message: format!(
+                    "not enough free disk space for the checkpoints: they need about {} ({} per \
+                     epoch folder), {} is free; free space or choose another --out",
+                    megabytes(needed),
+                    megabytes(checkpoint_bytes),
+                    megabytes(free)
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Read `run.json`.
@@ -193,16 +260,45 @@ impl RunDir {
         if partial.exists() {
             fs::remove_dir_all(&partial).map_err(|e| io_error(&partial, "cannot clear", e))?;
         }
-        fs::create_dir_all(&partial).map_err(|e| io_error(&partial, "cannot create", e))?;
+        fs::create_dir_all(&partial).map_err(|e| write_error(&partial, e))?;
+        let written = self.write_epoch_files(&partial, model, optimizer, state);
+        if written.is_err() {
+            // A half-written folder is never read, but on a full disk it holds the space the
+            // user needs back.
+            let _ = fs::remove_dir_all(&partial);
+        }
+        written?;
+        if final_dir.exists() {
+            // Left by a run that crashed after this rename but before moving `latest`.
+            fs::remove_dir_all(&final_dir)
+                .map_err(|e| io_error(&final_dir, "cannot replace", e))?;
+        }
+        fs::rename(&partial, &final_dir).map_err(|e| io_error(&final_dir, "cannot finish", e))?;
+        pause_point(|| format!("pointer:{}", state.epochs_completed));
+        self.write_file(&checkpoints.join("latest"), name.as_bytes())?;
+        if is_best {
+            self.write_file(&checkpoints.join("best"), name.as_bytes())?;
+        }
+        self.prune()
+    }
+
+    /// The files of an epoch folder, written into `partial`.
+    fn write_epoch_files(
+        &self,
+        partial: &Path,
+        model: &ResNet,
+        optimizer: &ModuleOptimizer,
+        state: &TrainState,
+    ) -> Result<(), TrainError> {
         let model_bytes = model
             .clone()
             .into_record()
             .into_bytes()
-            .map_err(|e| io_error(&partial, "cannot serialise the model", e))?;
+            .map_err(|e| io_error(partial, "cannot serialise the model", e))?;
         let optimizer_bytes = optimizer
             .to_record()
             .into_bytes()
-            .map_err(|e| io_error(&partial, "cannot serialise the optimizer", e))?;
+            .map_err(|e| io_error(partial, "cannot serialise the optimizer", e))?;
         let state_json = serde_json::to_vec_pretty(state).expect("state serialises");
         for (file, bytes) in [
             ("model.bpk", &model_bytes[..]),
@@ -210,18 +306,11 @@ impl RunDir {
             ("state.json", &state_json[..]),
         ] {
             self.write_file(&partial.join(file), bytes)?;
+            if file == "model.bpk" {
+                pause_point(|| format!("checkpoint:{}", state.epochs_completed));
+            }
         }
-        if final_dir.exists() {
-            // Left by a run that crashed after this rename but before moving `latest`.
-            fs::remove_dir_all(&final_dir)
-                .map_err(|e| io_error(&final_dir, "cannot replace", e))?;
-        }
-        fs::rename(&partial, &final_dir).map_err(|e| io_error(&final_dir, "cannot finish", e))?;
-        self.write_file(&checkpoints.join("latest"), name.as_bytes())?;
-        if is_best {
-            self.write_file(&checkpoints.join("best"), name.as_bytes())?;
-        }
-        self.prune()
+        Ok(())
     }
 
     /// Remove epoch folders no pointer names (and partial folders of crashed writes).
@@ -290,5 +379,32 @@ impl RunDir {
             message: e.to_string(),
         })?;
         Ok((optimizer, state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_a_run_for_writing_removes_what_a_killed_write_left() {
+        let folder = tempfile::tempdir().unwrap();
+        let run = RunDir::create(folder.path()).unwrap();
+        let checkpoints = folder.path().join("checkpoints");
+        fs::write(checkpoints.join(".latest.tmp-4242"), b"epoch-00").unwrap();
+        fs::write(folder.path().join(".log.csv.tmp-4242"), b"epoch,lr").unwrap();
+        fs::create_dir_all(checkpoints.join(".epoch-0003.partial")).unwrap();
+        fs::write(checkpoints.join(".epoch-0003.partial/model.bpk"), b"half").unwrap();
+        fs::write(checkpoints.join("latest"), b"epoch-0002").unwrap();
+        drop(run);
+
+        RunDir::create(folder.path()).unwrap();
+        let mut left: Vec<String> = fs::read_dir(&checkpoints)
+            .unwrap()
+            .chain(fs::read_dir(folder.path()).unwrap())
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["checkpoints", "latest"]);
     }
 }

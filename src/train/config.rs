@@ -192,6 +192,13 @@ impl TrainConfig {
         {
             problems.push(format!("size must be between 8 and 1024 px, got {size}"));
         }
+        for (name, values) in [("mean", &self.mean), ("std", &self.std)] {
+            if let Some(values) = values
+                && values.iter().any(|value| !value.is_finite())
+            {
+                problems.push(format!("{name} must be finite numbers, got {values:?}"));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -235,5 +242,19 @@ mod tests {
             problems.contains("epochs") && problems.contains("lr") && problems.contains("channels")
         );
         assert!(TrainConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn nan_in_the_normalisation_is_refused() {
+        let config = TrainConfig {
+            mean: Some(vec![0.5, f32::NAN, 0.5]),
+            std: Some(vec![0.2, 0.2, f32::INFINITY]),
+            momentum: f64::NAN,
+            ..TrainConfig::default()
+        };
+        let problems = config.validate().unwrap_err();
+        for needle in ["mean must be finite", "std must be finite", "momentum"] {
+            assert!(problems.contains(needle), "{needle}: {problems}");
+        }
     }
 }

@@ -8,6 +8,7 @@ mod checkpoint;
 mod config;
 mod evaluate;
 mod observer;
+mod pause;
 mod schedule;
 mod trainer;
 
@@ -16,6 +17,7 @@ pub use checkpoint::{EpochRecord, RunDir, RunInfo, TrainState};
 pub use config::{LogFormat, SelectionMetric, TrainConfig};
 pub use evaluate::{SplitEvaluation, evaluate_split, load_trained_model, predict_probabilities};
 pub use observer::{NoObserver, StepProgress, TrainObserver};
+pub use pause::{PAUSE_AT_VAR, PAUSE_MARKER_VAR};
 pub use schedule::LrSchedule;
 pub use trainer::{TrainOutcome, train};
 

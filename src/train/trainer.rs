@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 use super::checkpoint::{EpochRecord, RunDir, RunInfo, TrainState};
 use super::evaluate::{SplitEvaluation, evaluate_split};
+use super::pause::pause_point;
 use super::{LogFormat, SelectionMetric, StepProgress, TrainConfig, TrainError, TrainObserver};
 use crate::attention::AttentionConfig;
 use crate::data::{AugmentConfig, Dataset, Normalization, make_batch};
@@ -306,6 +308,15 @@ pub fn train(
         model = run.load_model(model, "latest")?;
         (optim, state) = run.load_training_state(optim)?;
     }
+    // The optimizer's momentum is one more value per weight, so an epoch folder is about
+    // twice the model's size.
+    let model_bytes = model
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map(|bytes| bytes.len() as u64)
+        .unwrap_or(0);
+    run.ensure_space_for_checkpoints(2 * model_bytes + 4096)?;
     run.write_file(&run.config_path(), config.to_toml().as_bytes())?;
     let info = RunInfo {
         model: model_config.clone(),
@@ -418,6 +429,7 @@ pub fn train(
                 images_per_second: seen as f64 / epoch_started.elapsed().as_secs_f64(),
                 lr,
             });
+            pause_point(|| format!("step:{}:{}", epoch + 1, step + 1));
         }
         let train_seconds = epoch_started.elapsed().as_secs_f64();
         let val = evaluate_split(

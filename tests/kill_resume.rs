@@ -1,0 +1,202 @@
+//! Kill and resume: a training run is killed with SIGKILL mid-epoch, mid-checkpoint and between
+//! a checkpoint and its pointer; after every kill each checkpoint on disk must load, and the
+//! run resumed to the end must hold exactly the weights of a run that was never interrupted.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::record::OptimizerRecord;
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, Device, Tensor};
+use ppcr::train::{PAUSE_AT_VAR, PAUSE_MARKER_VAR, RunDir, TrainState, load_trained_model};
+
+const EPOCHS: usize = 4;
+
+fn train_args(run: &Path, resume: bool) -> Vec<String> {
+    let data = common::fixtures().join("pbc_mini");
+    let mut args: Vec<String> = [
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--size",
+        "32",
+        "--epochs",
+        &EPOCHS.to_string(),
+        "--batch",
+        "4",
+        "--seed",
+        "11",
+        "--out",
+        run.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if resume {
+        args.push("--resume".into());
+    }
+    args
+}
+
+/// Start a run that pauses at `point`, wait until it is there, and SIGKILL it.
+fn kill_at(run: &Path, point: &str, resume: bool) {
+    let marker = run.with_file_name(format!("paused-{}", point.replace(':', "-")));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ppcr"))
+        .args(train_args(run, resume))
+        .env(PAUSE_AT_VAR, point)
+        .env(PAUSE_MARKER_VAR, &marker)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !marker.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the run ended ({status}) before reaching {point}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{point} not reached"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // `Child::kill` is SIGKILL on Unix: no destructor, no flush, no signal handler runs.
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn pointer(run: &Path, name: &str) -> String {
+    std::fs::read_to_string(run.join("checkpoints").join(name))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Every epoch folder on disk loads (model, optimizer, state), and both pointers name one.
+fn assert_checkpoints_readable(run: &Path) -> Vec<PathBuf> {
+    let checkpoints = run.join("checkpoints");
+    let mut epoch_dirs: Vec<PathBuf> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("epoch-")
+        })
+        .collect();
+    epoch_dirs.sort();
+    assert!(!epoch_dirs.is_empty());
+    for dir in &epoch_dirs {
+        let read = |file: &str| std::fs::read(dir.join(file)).unwrap();
+        ModuleRecord::from_bytes(Bytes::from_bytes_vec(read("model.bpk")))
+            .unwrap_or_else(|e| panic!("{}: model unreadable: {e}", dir.display()));
+        OptimizerRecord::from_bytes(Bytes::from_bytes_vec(read("optimizer.bpk")))
+            .unwrap_or_else(|e| panic!("{}: optimizer unreadable: {e}", dir.display()));
+        let state: TrainState = serde_json::from_slice(&read("state.json")).unwrap();
+        let number: usize = dir.file_name().unwrap().to_string_lossy()["epoch-".len()..]
+            .parse()
+            .unwrap();
+        assert_eq!(state.epochs_completed, number);
+    }
+    let run_dir = RunDir::open(run).unwrap();
+    for name in ["latest", "best"] {
+        assert!(checkpoints.join(pointer(run, name)).is_dir());
+        load_trained_model(&run_dir, name, &Device::flex()).unwrap();
+    }
+    epoch_dirs
+}
+
+struct CollectWeights(Vec<Vec<f32>>);
+
+impl ModuleVisitor for CollectWeights {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0
+            .push(param.val().into_data().try_to_vec::<f32>().unwrap());
+    }
+}
+
+fn latest_weights(run: &Path) -> Vec<Vec<f32>> {
+    let (model, _) =
+        load_trained_model(&RunDir::open(run).unwrap(), "latest", &Device::flex()).unwrap();
+    let mut weights = CollectWeights(Vec::new());
+    model.visit(&mut weights);
+    weights.0
+}
+
+fn leftovers(run: &Path) -> Vec<String> {
+    [run.to_path_buf(), run.join("checkpoints")]
+        .iter()
+        .flat_map(|folder| std::fs::read_dir(folder).unwrap())
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp-") || name.ends_with(".partial"))
+        .collect()
+}
+
+#[test]
+fn a_run_killed_at_any_point_resumes_to_the_uninterrupted_weights() {
+    let folder = tempfile::tempdir().unwrap();
+    let whole = folder.path().join("whole");
+    common::assert_success(&common::ppcr(
+        &train_args(&whole, false)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ));
+
+    let run = folder.path().join("killed");
+    // Mid-epoch: epoch 2 has taken a step; only epoch 1 is on disk.
+    kill_at(&run, "step:2:1", false);
+    assert_checkpoints_readable(&run);
+    assert_eq!(pointer(&run, "latest"), "epoch-0001");
+
+    // Mid-checkpoint: epoch 3's folder holds the model but not yet the optimizer.
+    kill_at(&run, "checkpoint:3", true);
+    assert_checkpoints_readable(&run);
+    assert_eq!(pointer(&run, "latest"), "epoch-0002");
+    let partial = run.join("checkpoints/.epoch-0003.partial");
+    assert!(partial.join("model.bpk").is_file() && !partial.join("optimizer.bpk").exists());
+
+    // Between the checkpoint and its pointer: epoch 3 is complete, `latest` still says 2.
+    kill_at(&run, "pointer:3", true);
+    let dirs = assert_checkpoints_readable(&run);
+    assert_eq!(pointer(&run, "latest"), "epoch-0002");
+    assert!(dirs.iter().any(|d| d.ends_with("epoch-0003")));
+
+    // Mid-epoch again, in the last epoch.
+    kill_at(&run, "step:4:2", true);
+    assert_checkpoints_readable(&run);
+    assert_eq!(pointer(&run, "latest"), "epoch-0003");
+
+    common::assert_success(&common::ppcr(
+        &train_args(&run, true)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ));
+    assert_checkpoints_readable(&run);
+    assert_eq!(pointer(&run, "latest"), "epoch-0004");
+    assert_eq!(leftovers(&run), Vec::<String>::new());
+
+    let (a, b) = (latest_weights(&whole), latest_weights(&run));
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a == b,
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+    let test_metrics = |run: &Path| {
+        let text = std::fs::read_to_string(run.join("metrics.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["test"].clone()
+    };
+    assert_eq!(test_metrics(&whole), test_metrics(&run));
+    let log_lines = std::fs::read_to_string(run.join("log.csv")).unwrap();
+    assert_eq!(log_lines.lines().count(), EPOCHS + 1, "{log_lines}");
+}
