@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
+use super::device::DeviceArgs;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
 use ppcr::profile::{NetworkCase, end_to_end_bench, network_bench, unit_bench};
@@ -52,14 +53,16 @@ pub struct BenchArgs {
     /// Where the soak run writes its memory curve (epoch, seconds, resident MiB).
     #[arg(long, default_value = "soak.csv")]
     soak_csv: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Run `ppcr bench`.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.suite == Suite::Soak {
-        return super::soak::run(args.minutes, &args.soak_csv);
+        return super::soak::run(args.minutes, &args.soak_csv, &args.device.device()?);
     }
-    let device = super::device::parse_device(None)?;
+    let device = args.device.device()?;
     let mut report = serde_json::Map::new();
     let wants = |suite| args.suite == suite || args.suite == Suite::All;
     if wants(Suite::Unit) {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::data_options::load_dataset;
+use super::device::DeviceArgs;
 use super::profile::parse_units;
 use super::progress::ConsoleProgress;
 use super::train::{TrainSettings, resolve_config};
@@ -33,11 +34,15 @@ pub struct CompareArgs {
     /// --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.
     #[arg(long)]
     shard: Option<Shard>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Run `ppcr compare`.
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let units = parse_units(&args.attention)?;
+    // The device is settled first, so a wrong name fails before any data is read.
+    let device = args.device.device()?;
     if args.seeds == 0 {
         anyhow::bail!("--seeds must be at least 1");
     }
@@ -53,7 +58,6 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         .filter(|run| args.shard.is_none_or(|shard| shard.contains(run)))
         .filter(|run| run.status() != RunStatus::Finished)
         .collect();
-    let device = super::device::parse_device(None)?;
     if !todo.is_empty() {
         let dataset = load_dataset(&base)?;
         for (position, run) in todo.iter().enumerate() {

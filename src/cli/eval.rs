@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
+use super::device::DeviceArgs;
 use ppcr::data::{BadFilePolicy, LoadOptions, builtin_breastmnist, load};
 use ppcr::train::{RunDir, TrainConfig, evaluate_split, load_trained_model};
 
@@ -41,12 +42,14 @@ pub struct EvalArgs {
     /// Skip unreadable image files with a warning instead of stopping.
     #[arg(long)]
     skip_bad_files: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Run `ppcr eval`.
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    let device = args.device.device()?;
     let run = RunDir::open(&args.checkpoint)?;
-    let device = super::device::parse_device(None)?;
     let (model, info) =
         load_trained_model(&run, if args.latest { "latest" } else { "best" }, &device)?;
     let config_path = run.config_path();

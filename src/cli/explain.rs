@@ -11,6 +11,7 @@ use clap::Args;
 use image::RgbImage;
 use serde::Serialize;
 
+use super::device::DeviceArgs;
 use ppcr::attention::AttentionKind;
 use ppcr::data::{Split, load_image_file, load_image_file_rgb, make_batch};
 use ppcr::explain::{
@@ -43,6 +44,8 @@ pub struct ExplainArgs {
     /// Colour map: jet or viridis.
     #[arg(long, default_value_t = Colormap::Jet)]
     colormap: Colormap,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// explain.json.
@@ -104,8 +107,8 @@ struct LoadedImage {
 
 /// Run `ppcr explain`.
 pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
+    let device = args.device.device()?;
     let run = RunDir::open(&args.checkpoint)?;
-    let device = super::device::parse_device(None)?;
     let (model, info) = load_trained_model(&run, "best", &device)?;
     let classes = &info.class_names;
     let target = match &args.class {

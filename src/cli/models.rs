@@ -39,6 +39,8 @@ struct ModelRow {
 }
 
 fn build_rows(args: &ModelsArgs) -> anyhow::Result<Vec<ModelRow>> {
+    // Only parameters are counted, nothing is computed: the CPU is always there and costs no
+    // GPU memory, so this command has no --device.
     let device = Device::flex();
     let mut rows = Vec::new();
     for &backbone in Backbone::ALL {

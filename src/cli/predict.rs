@@ -6,6 +6,7 @@ use burn::module::Module;
 use burn::tensor::{Tensor, TensorData, activation::softmax};
 use clap::Args;
 
+use super::device::DeviceArgs;
 use ppcr::data::{Split, load_image_file};
 use ppcr::train::{RunDir, load_trained_model};
 
@@ -21,12 +22,14 @@ pub struct PredictArgs {
     /// Print CSV (path, predicted class, one probability column per class).
     #[arg(long)]
     csv: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Run `ppcr predict`.
 pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
+    let device = args.device.device()?;
     let run = RunDir::open(&args.checkpoint)?;
-    let device = super::device::parse_device(None)?;
     let (model, info) = load_trained_model(&run, "best", &device)?;
     let model = model.valid();
     let (size, channels) = (info.model.input_size, info.model.in_channels);

@@ -2,6 +2,7 @@
 
 use clap::Args;
 
+use super::device::DeviceArgs;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
 use ppcr::profile::{NetworkCase, profile_units};
@@ -36,6 +37,8 @@ pub struct ProfileArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Parse `all` or a comma-separated list of unit names.
@@ -55,7 +58,7 @@ fn millions(value: u64) -> String {
 /// Run `ppcr profile`.
 pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     let units = parse_units(&args.attention)?;
-    let device = super::device::parse_device(None)?;
+    let device = args.device.device()?;
     let case = NetworkCase {
         backbone: args.backbone,
         input: args.input,

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use burn::tensor::Device;
+
 use ppcr::data::{LoadOptions, builtin_breastmnist};
 use ppcr::profile::{MemoryCurve, MemorySample, resident_set_bytes};
 use ppcr::train::{EpochRecord, TrainConfig, TrainError, TrainObserver, train};
@@ -52,9 +54,9 @@ impl Drop for TemporaryRun {
     }
 }
 
-/// Train for `minutes` and write the memory curve to `csv`; fails when memory grew by more
+/// Train on `device` for `minutes` and write the memory curve to `csv`; fails when memory grew by more
 /// than 5% after the first epoch.
-pub fn run(minutes: f64, csv: &Path) -> anyhow::Result<()> {
+pub fn run(minutes: f64, csv: &Path, device: &Device) -> anyhow::Result<()> {
     anyhow::ensure!(
         minutes.is_finite() && minutes > 0.0,
         "--minutes must be a positive number, got {minutes}"
@@ -80,8 +82,7 @@ pub fn run(minutes: f64, csv: &Path) -> anyhow::Result<()> {
         duration: Duration::from_secs_f64(minutes * 60.0),
         curve: MemoryCurve::default(),
     };
-    let device = super::device::parse_device(None)?;
-    match train(&config, &dataset, &run.0, false, &device, &mut recorder) {
+    match train(&config, &dataset, &run.0, false, device, &mut recorder) {
         Err(TrainError::Interrupted { .. }) | Ok(_) => {}
         Err(error) => return Err(error.into()),
     }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::data_options::{DataArgs, load_dataset};
+use super::device::{DeviceArgs, single_device};
 use super::progress::ConsoleProgress;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
@@ -26,6 +27,12 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last completed epoch.
     #[arg(long)]
     resume: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Several devices for data-parallel training, e.g. cuda:0,cuda:1. Not supported yet: one
+    /// device is the same as --device, several are refused with the reason.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    devices: Option<Vec<String>>,
 }
 
 /// The training settings `ppcr train` and `ppcr compare` share.
@@ -191,6 +198,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     if args.resume && args.out.is_none() {
         anyhow::bail!("--resume needs --out naming the run folder to continue");
     }
+    // The device is settled first, so a wrong name fails before any data is read.
+    let device = match &args.devices {
+        Some(names) => single_device(names)?.open()?,
+        None => args.device.device()?,
+    };
     let mut config = resolve_config(&args.settings, args.resume, &args.out)?;
     if let Some(attention) = args.attention {
         config.attention = attention;
@@ -203,7 +215,6 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         Some(out) => out.clone(),
         None => default_out(&config, &dataset.name),
     };
-    let device = super::device::parse_device(None)?;
     let mut progress = ConsoleProgress::new();
     let outcome = train(&config, &dataset, &out, args.resume, &device, &mut progress)?;
     println!(

@@ -134,6 +134,8 @@ fn read_run(run: &CompareRun) -> Result<FinishedRun, CompareError> {
     let metrics: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| problem(format!("not valid JSON: {e}")))?;
     let info = RunDir::open(&run.dir)?.read_run_info()?;
+    // The model is built only to count its parameters: the CPU always exists and this needs
+    // no accelerator, whichever device the runs trained on.
     let model = info
         .model
         .init(&Device::flex())
