@@ -10,6 +10,7 @@ mod eca;
 mod factory;
 mod gct;
 mod ppcr;
+mod ppcr_fused;
 mod se;
 mod simam;
 mod srm;

@@ -19,6 +19,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData, activation::sigmoid};
 
 use super::AttentionError;
+use super::ppcr_fused;
 
 /// Configuration of a [`Ppcr`] unit.
 #[derive(Config, Debug)]
@@ -62,7 +63,7 @@ pub fn pyramid_maps(levels: usize) -> usize {
 
 /// First channel of group `group` when `channels` are split into `groups` contiguous groups:
 /// `floor(C * g / n)`, as the released code's slicing does (so `C` need not divide evenly).
-fn group_start(channels: usize, groups: usize, group: usize) -> usize {
+pub(super) fn group_start(channels: usize, groups: usize, group: usize) -> usize {
     channels * group / groups
 }
 
@@ -117,9 +118,37 @@ impl Ppcr {
     }
 
     /// Recalibrate `x`, or explain why its shape does not fit this unit.
+    ///
+    /// On the Flex backend (plain or autodiff, `f32`) this runs the fused kernel of
+    /// `ppcr_fused`: one pass over `x` for the group means, one for the product, and a single
+    /// autodiff node whose backward step is hand-written. Elsewhere it falls back to
+    /// [`Ppcr::try_tensor_forward`].
     pub fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
-        let attention = self.try_attention_map(x.clone())?;
-        Ok(x * attention)
+        let [_, height, width] = self.check_shape(&x)?;
+        let weights = self.weights_for([height, width])?;
+        if ppcr_fused::fused_available(&x, &weights) {
+            return Ok(ppcr_fused::recalibrate(
+                x,
+                weights,
+                self.levels,
+                self.epsilon,
+            ));
+        }
+        Ok(self.tensor_forward_with(x, weights))
+    }
+
+    /// The forward pass composed of burn tensor operations (the factorised formulation of
+    /// [`Ppcr::try_attention_map`] times `x`): what backends without the fused kernel run, and
+    /// what the fused kernel's values and gradients are tested against.
+    pub fn try_tensor_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
+        let [_, height, width] = self.check_shape(&x)?;
+        let weights = self.weights_for([height, width])?;
+        Ok(self.tensor_forward_with(x, weights))
+    }
+
+    fn tensor_forward_with(&self, x: Tensor<4>, weights: Tensor<3>) -> Tensor<4> {
+        let attention = self.attention_from_weights(x.clone(), weights);
+        x * attention
     }
 
     /// The recalibration weights `A = sigmoid(Z)`, shape `[B, 1, H, W]`, for analysis.
@@ -139,9 +168,15 @@ impl Ppcr {
     /// are fewer of them; [`Ppcr::reference_attention_map`] keeps the literal formulation the
     /// tests hold this one to.
     pub fn try_attention_map(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
-        let [batch, height, width] = self.check_shape(&x)?;
-        let pixels = height * width;
+        let [_, height, width] = self.check_shape(&x)?;
         let weights = self.weights_for([height, width])?;
+        Ok(self.attention_from_weights(x, weights))
+    }
+
+    /// The factorised attention map of `x` with `weights` already at `x`'s spatial size.
+    fn attention_from_weights(&self, x: Tensor<4>, weights: Tensor<3>) -> Tensor<4> {
+        let [batch, _, height, width] = x.dims();
+        let pixels = height * width;
         let device = x.device();
         let channels = self.channels;
         let finest_groups = 1usize << (self.levels - 1);
@@ -181,7 +216,7 @@ impl Ppcr {
         let variance = (second_moment - mean.square()).clamp_min(0.0);
         let numerator = (finest * integration.unsqueeze::<3>()).sum_dim(1);
         let logits = numerator / variance.add_scalar(self.epsilon).sqrt();
-        Ok(sigmoid(logits).reshape([batch, 1, height, width]))
+        sigmoid(logits).reshape([batch, 1, height, width])
     }
 
     /// The attention map computed literally as the paper and the released code state it:
@@ -302,7 +337,7 @@ fn finest_group_averaging(channels: usize, groups: usize) -> Vec<f32> {
 /// Group `g` of level `l` spans finest groups `g*2^(L-1-l) .. (g+1)*2^(L-1-l)` because
 /// `floor(C*g/2^l) = floor(C*g*m/(2^l*m))`; each finest mean is weighted by its share of the
 /// coarse group's channels.
-fn pyramid_from_finest(channels: usize, levels: usize) -> Vec<f32> {
+pub(super) fn pyramid_from_finest(channels: usize, levels: usize) -> Vec<f32> {
     let finest_groups = 1usize << (levels - 1);
     let mut matrix = Vec::with_capacity(pyramid_maps(levels) * finest_groups);
     for level in 0..levels {

@@ -429,6 +429,65 @@ mod tests {
         assert_eq!(logits.dims(), [1, 2]);
     }
 
+    /// Every PPCR unit's weights, flattened, in block order.
+    fn ppcr_weights(model: &ResNet) -> Vec<Vec<f32>> {
+        model
+            .attention_units()
+            .filter_map(|unit| match unit {
+                crate::attention::Attention::Ppcr(ppcr) => Some(
+                    ppcr.pixel_context_weights
+                        .val()
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .unwrap(),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ppcr_resnet_training_step_updates_every_unit() {
+        use burn::nn::loss::CrossEntropyLossConfig;
+        use burn::optim::{GradientsParams, SgdConfig};
+        use burn::tensor::{Distribution, Int};
+
+        // On Flex the units run the fused kernel, so this is a training step through its
+        // hand-written backward node inside a real network.
+        let device = Device::flex().autodiff();
+        let model = ResNetConfig::new(
+            Backbone::ResNet20,
+            AttentionConfig::new(AttentionKind::Ppcr),
+            3,
+        )
+        .with_input_size(16)
+        .init(&device)
+        .unwrap();
+        let before = ppcr_weights(&model);
+        assert_eq!(before.len(), 9);
+        let images = Tensor::<4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        let targets = Tensor::<1, Int>::from_data([0, 1, 2, 1], &device);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(model.forward(images), targets);
+        let loss_value: f32 = loss.clone().into_scalar();
+        assert!(loss_value.is_finite(), "loss {loss_value}");
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut optim = SgdConfig::new().init();
+        let model = optim.step(0.1, model, grads);
+        let after = ppcr_weights(&model);
+        for (unit, (b, a)) in before.iter().zip(&after).enumerate() {
+            assert!(
+                a.iter().all(|v| v.is_finite()),
+                "unit {unit}: non-finite weights"
+            );
+            assert!(b != a, "unit {unit}: weights did not change");
+        }
+        let logits = model.forward(Tensor::zeros([1, 3, 16, 16], &device));
+        let logits = logits.into_data().try_to_vec::<f32>().unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()), "{logits:?}");
+    }
+
     #[test]
     fn invalid_configurations_are_errors() {
         let device = Device::flex();
