@@ -161,10 +161,16 @@ impl Backward<Flex, 2> for RecalibrateBackward {
 }
 
 /// Pixels handled together: the tile's `C` channel segments are read twice (group sums, then
-/// the product), so a tile of all channels should stay in cache between the two reads.
+/// the product), so a tile of all channels (at most 512 KiB) should stay in cache between the
+/// two reads, while each channel's segment stays long enough (at least 1 KiB) for the hardware
+/// prefetcher to stream it.
 fn tile_pixels(channels: usize, pixels: usize) -> usize {
-    (16_384 / channels).clamp(64, 1024).min(pixels)
+    (131_072 / channels).clamp(256, 4096).min(pixels)
 }
+
+/// Samples whose weight gradients are summed into one buffer: a fixed split, independent of the
+/// thread count, so the order of the floating-point sums (and the result) never changes.
+const WEIGHT_GRADIENT_SPLITS: usize = 8;
 
 /// A contiguous `f32` view of a Flex tensor, copying only when its layout is strided.
 fn contiguous_values(tensor: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
@@ -246,6 +252,18 @@ impl Scratch {
     }
 }
 
+/// Pixels of a tile whose per-pixel statistics are computed together: the block's `K` centred
+/// pyramid rows stay in L1 across the several sweeps over them.
+const STATISTICS_BLOCK: usize = 64;
+
+/// Pixels `start..start + len` of the sample, at `offset..offset + len` of the tile's scratch.
+#[derive(Clone, Copy)]
+struct Block {
+    start: usize,
+    offset: usize,
+    len: usize,
+}
+
 /// From the finest group sums of pixels `start..start + len` of `weights` (`[K, P]`), compute
 /// the centred pyramid values, `1/sqrt(var + eps)`, the logits and the attention.
 fn pixel_context(
@@ -257,20 +275,40 @@ fn pixel_context(
     tile: usize,
     scratch: &mut Scratch,
 ) {
+    for offset in (0..len).step_by(STATISTICS_BLOCK) {
+        let block = Block {
+            start: start + offset,
+            offset,
+            len: STATISTICS_BLOCK.min(len - offset),
+        };
+        pixel_context_block(pyramid, weights, pixels, block, tile, scratch);
+    }
+}
+
+/// [`pixel_context`] on one block of the tile.
+fn pixel_context_block(
+    pyramid: &Pyramid,
+    weights: &[f32],
+    pixels: usize,
+    block: Block,
+    tile: usize,
+    scratch: &mut Scratch,
+) {
+    let Block { start, offset, len } = block;
     let maps = pyramid.maps;
     for group in 0..pyramid.finest_groups {
         let scale = pyramid.inverse_group_size[group];
-        for sum in &mut scratch.sums[group * tile..group * tile + len] {
+        for sum in &mut scratch.sums[group * tile + offset..group * tile + offset + len] {
             *sum *= scale;
         }
     }
-    let mean = &mut scratch.inverse_std[..len];
+    let mean = &mut scratch.inverse_std[offset..offset + len];
     mean.fill(0.0);
     for (k, terms) in pyramid.map_terms.iter().enumerate() {
-        let map = &mut scratch.centred[k * tile..k * tile + len];
+        let map = &mut scratch.centred[k * tile + offset..k * tile + offset + len];
         map.fill(0.0);
         for &(group, weight) in terms {
-            let means = &scratch.sums[group * tile..group * tile + len];
+            let means = &scratch.sums[group * tile + offset..group * tile + offset + len];
             for (value, group_mean) in map.iter_mut().zip(means) {
                 *value += weight * group_mean;
             }
@@ -284,10 +322,10 @@ fn pixel_context(
         *total *= inverse_maps;
     }
     // Two-pass variance (centre first), as the literal formulation computes it.
-    let variance = &mut scratch.logits[..len];
+    let variance = &mut scratch.logits[offset..offset + len];
     variance.fill(0.0);
     for k in 0..maps {
-        let map = &mut scratch.centred[k * tile..k * tile + len];
+        let map = &mut scratch.centred[k * tile + offset..k * tile + offset + len];
         for ((value, m), v) in map.iter_mut().zip(mean.iter()).zip(variance.iter_mut()) {
             *value -= m;
             *v += *value * *value;
@@ -296,19 +334,19 @@ fn pixel_context(
     for (inverse_std, v) in mean.iter_mut().zip(variance.iter()) {
         *inverse_std = 1.0 / (v * inverse_maps + pyramid.epsilon).sqrt();
     }
-    let numerator = &mut scratch.attention[..len];
+    let numerator = &mut scratch.attention[offset..offset + len];
     numerator.fill(0.0);
     for k in 0..maps {
-        let map = &scratch.centred[k * tile..k * tile + len];
+        let map = &scratch.centred[k * tile + offset..k * tile + offset + len];
         let w = &weights[k * pixels + start..k * pixels + start + len];
         for ((n, value), weight) in numerator.iter_mut().zip(map).zip(w) {
             *n += weight * value;
         }
     }
-    for ((logit, attention), inverse_std) in scratch.logits[..len]
+    for ((logit, attention), inverse_std) in scratch.logits[offset..offset + len]
         .iter_mut()
-        .zip(scratch.attention[..len].iter_mut())
-        .zip(scratch.inverse_std[..len].iter())
+        .zip(scratch.attention[offset..offset + len].iter_mut())
+        .zip(scratch.inverse_std[offset..offset + len].iter())
     {
         *logit = *attention * inverse_std;
         *attention = 1.0 / (1.0 + (-*logit).exp());
@@ -441,100 +479,115 @@ fn backward(
     let tile = tile_pixels(channels, pixels);
     let sample_len = channels * pixels;
     let mut grad_x = vec![0.0f32; batch * sample_len];
-    // One weight-gradient slice per sample, summed in sample order afterwards, so the result
-    // does not depend on how rayon schedules the samples.
-    let mut grad_weights_per_sample = vec![0.0f32; batch * maps * pixels];
+    // Each split of the batch sums its samples' weight gradients in sample order into its own
+    // buffer; the buffers are then summed in split order, so the result does not depend on how
+    // rayon schedules the work, and only a few `[K, P]` buffers exist at once.
+    let samples_per_split = batch.div_ceil(WEIGHT_GRADIENT_SPLITS).max(1);
+    let splits = batch.div_ceil(samples_per_split);
+    let weight_len = maps * pixels;
+    let mut grad_weights_per_split = vec![0.0f32; splits * weight_len];
     grad_x
-        .par_chunks_mut(sample_len.max(1))
-        .zip(grad_weights_per_sample.par_chunks_mut((maps * pixels).max(1)))
-        .zip(values.par_chunks(sample_len.max(1)))
-        .zip(grad_values.par_chunks(sample_len.max(1)))
-        .for_each(|(((dx, dw), sample), dy)| {
+        .par_chunks_mut((samples_per_split * sample_len).max(1))
+        .zip(grad_weights_per_split.par_chunks_mut(weight_len.max(1)))
+        .zip(values.par_chunks((samples_per_split * sample_len).max(1)))
+        .zip(grad_values.par_chunks((samples_per_split * sample_len).max(1)))
+        .for_each(|(((dx_split, dw), x_split), dy_split)| {
             let mut scratch = Scratch::new(&pyramid, tile);
             let mut grad_attention = vec![0.0f32; tile];
             let mut grad_groups = vec![0.0f32; pyramid.finest_groups * tile];
             let mut grad_map = vec![0.0f32; tile];
             let mut grad_logit = vec![0.0f32; tile];
-            for start in (0..pixels).step_by(tile) {
-                let len = tile.min(pixels - start);
-                accumulate_group_sums(
-                    &pyramid,
-                    sample,
-                    pixels,
-                    start,
-                    len,
-                    tile,
-                    &mut scratch.sums,
-                );
-                let grad_a = &mut grad_attention[..len];
-                grad_a.fill(0.0);
-                for channel in 0..channels {
-                    let range = channel * pixels + start..channel * pixels + start + len;
-                    for ((g, x), d) in grad_a
-                        .iter_mut()
-                        .zip(&sample[range.clone()])
-                        .zip(&dy[range])
-                    {
-                        *g += x * d;
-                    }
-                }
-                pixel_context(&pyramid, &weights, pixels, start, len, tile, &mut scratch);
-                // dZ, scaled by s: every later term carries the factor s dZ.
-                for (((gz, ga), a), s) in grad_logit[..len]
-                    .iter_mut()
-                    .zip(grad_a.iter())
-                    .zip(&scratch.attention[..len])
-                    .zip(&scratch.inverse_std[..len])
-                {
-                    *gz = ga * a * (1.0 - a) * s;
-                }
-                grad_groups.fill(0.0);
-                let inverse_maps = 1.0 / maps as f32;
-                for (k, terms) in pyramid.map_terms.iter().enumerate() {
-                    let centred = &scratch.centred[k * tile..k * tile + len];
-                    let w = &weights[k * pixels + start..k * pixels + start + len];
-                    let dw_k = &mut dw[k * pixels + start..k * pixels + start + len];
-                    for t in 0..len {
-                        // dZ Phat_k = (s dZ) d_k.
-                        dw_k[t] = grad_logit[t] * centred[t];
-                        let phat = centred[t] * scratch.inverse_std[t];
-                        grad_map[t] = grad_logit[t]
-                            * (w[t]
-                                - weight_means[start + t]
-                                - phat * scratch.logits[t] * inverse_maps);
-                    }
-                    for &(group, weight) in terms {
-                        for (g, d) in grad_groups[group * tile..group * tile + len]
+            let samples = dx_split
+                .chunks_mut(sample_len.max(1))
+                .zip(x_split.chunks(sample_len.max(1)))
+                .zip(dy_split.chunks(sample_len.max(1)));
+            for ((dx, sample), dy) in samples {
+                for start in (0..pixels).step_by(tile) {
+                    let len = tile.min(pixels - start);
+                    accumulate_group_sums(
+                        &pyramid,
+                        sample,
+                        pixels,
+                        start,
+                        len,
+                        tile,
+                        &mut scratch.sums,
+                    );
+                    let grad_a = &mut grad_attention[..len];
+                    grad_a.fill(0.0);
+                    for channel in 0..channels {
+                        let range = channel * pixels + start..channel * pixels + start + len;
+                        for ((g, x), d) in grad_a
                             .iter_mut()
-                            .zip(&grad_map[..len])
+                            .zip(&sample[range.clone()])
+                            .zip(&dy[range])
                         {
-                            *g += weight * d;
+                            *g += x * d;
                         }
                     }
-                }
-                for group in 0..pyramid.finest_groups {
-                    let scale = pyramid.inverse_group_size[group];
-                    for g in &mut grad_groups[group * tile..group * tile + len] {
-                        *g *= scale;
-                    }
-                }
-                let attention = &scratch.attention[..len];
-                for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
-                    let range = channel * pixels + start..channel * pixels + start + len;
-                    let group_grad = &grad_groups[group * tile..group * tile + len];
-                    for (((out, d), a), g) in dx[range.clone()]
+                    pixel_context(&pyramid, &weights, pixels, start, len, tile, &mut scratch);
+                    // dZ, scaled by s: every later term carries the factor s dZ.
+                    for (((gz, ga), a), s) in grad_logit[..len]
                         .iter_mut()
-                        .zip(&dy[range])
-                        .zip(attention)
-                        .zip(group_grad)
+                        .zip(grad_a.iter())
+                        .zip(&scratch.attention[..len])
+                        .zip(&scratch.inverse_std[..len])
                     {
-                        *out = d * a + g;
+                        *gz = ga * a * (1.0 - a) * s;
+                    }
+                    grad_groups.fill(0.0);
+                    let inverse_maps = 1.0 / maps as f32;
+                    for (k, terms) in pyramid.map_terms.iter().enumerate() {
+                        let centred = &scratch.centred[k * tile..k * tile + len];
+                        let w = &weights[k * pixels + start..k * pixels + start + len];
+                        let dw_k = &mut dw[k * pixels + start..k * pixels + start + len];
+                        let per_pixel = dw_k
+                            .iter_mut()
+                            .zip(&mut grad_map[..len])
+                            .zip(&grad_logit[..len])
+                            .zip(centred)
+                            .zip(w)
+                            .zip(&weight_means[start..start + len])
+                            .zip(&scratch.inverse_std[..len])
+                            .zip(&scratch.logits[..len]);
+                        for (((((((dw, gm), gz), d), w), w_mean), s), z) in per_pixel {
+                            // dZ Phat_k = (s dZ) d_k.
+                            *dw += gz * d;
+                            *gm = gz * (w - w_mean - d * s * z * inverse_maps);
+                        }
+                        for &(group, weight) in terms {
+                            for (g, d) in grad_groups[group * tile..group * tile + len]
+                                .iter_mut()
+                                .zip(&grad_map[..len])
+                            {
+                                *g += weight * d;
+                            }
+                        }
+                    }
+                    for group in 0..pyramid.finest_groups {
+                        let scale = pyramid.inverse_group_size[group];
+                        for g in &mut grad_groups[group * tile..group * tile + len] {
+                            *g *= scale;
+                        }
+                    }
+                    let attention = &scratch.attention[..len];
+                    for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
+                        let range = channel * pixels + start..channel * pixels + start + len;
+                        let group_grad = &grad_groups[group * tile..group * tile + len];
+                        for (((out, d), a), g) in dx[range.clone()]
+                            .iter_mut()
+                            .zip(&dy[range])
+                            .zip(attention)
+                            .zip(group_grad)
+                        {
+                            *out = d * a + g;
+                        }
                     }
                 }
             }
         });
-    let mut grad_weights = vec![0.0f32; maps * pixels];
-    for sample in grad_weights_per_sample.chunks((maps * pixels).max(1)) {
+    let mut grad_weights = vec![0.0f32; weight_len];
+    for sample in grad_weights_per_split.chunks(weight_len.max(1)) {
         for (total, value) in grad_weights.iter_mut().zip(sample) {
             *total += value;
         }
