@@ -202,15 +202,16 @@ impl Pyramid {
         let maps = pyramid_maps(levels);
         let matrix = pyramid_from_finest(channels, levels);
         let mut group_of_channel = vec![0; channels];
-        let mut inverse_group_size = vec![0.0; finest_groups];
-        for group in 0..finest_groups {
-            let (start, end) = (
-                group_start(channels, finest_groups, group),
-                group_start(channels, finest_groups, group + 1),
-            );
-            group_of_channel[start..end].fill(group);
-            inverse_group_size[group] = 1.0 / (end - start) as f32;
-        }
+        let inverse_group_size = (0..finest_groups)
+            .map(|group| {
+                let (start, end) = (
+                    group_start(channels, finest_groups, group),
+                    group_start(channels, finest_groups, group + 1),
+                );
+                group_of_channel[start..end].fill(group);
+                1.0 / (end - start) as f32
+            })
+            .collect();
         let map_terms = (0..maps)
             .map(|k| {
                 (0..finest_groups)
