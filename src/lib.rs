@@ -11,6 +11,8 @@ pub mod attention;
 pub mod compare;
 pub mod data;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod models;
 pub mod params;

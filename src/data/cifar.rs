@@ -263,6 +263,16 @@ fn read_class_names(dir: &Path, file: &str, variant: Variant) -> Result<Vec<Stri
         return Ok(defaults.iter().map(|name| name.to_string()).collect());
     }
     let text = std::fs::read_to_string(&path).map_err(|error| DataError::io(&path, error))?;
+    parse_class_names(&text, path, variant)
+}
+
+/// Parses a class-name list (one name per line, blank lines ignored); `path` names the file in
+/// errors.
+fn parse_class_names(
+    text: &str,
+    path: PathBuf,
+    variant: Variant,
+) -> Result<Vec<String>, DataError> {
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -297,54 +307,16 @@ fn read_batches(
     variant: Variant,
     options: &LoadOptions,
 ) -> Result<Split, DataError> {
-    let record_size = variant.record_size();
     let mut split: Option<Split> = None;
     for file in files {
         let path = dir.join(file);
         let bytes = std::fs::read(&path).map_err(|error| DataError::io(&path, error))?;
-        if bytes.is_empty() || bytes.len() % record_size != 0 {
-            return Err(DataError::CifarTruncated {
-                path,
-                len: bytes.len() as u64,
-                record_size,
-            });
-        }
-        let label_offset = record_size - PIXEL_BYTES - 1;
-        let decoded: Vec<Result<DecodedRecord, DataError>> = bytes
-            .par_chunks_exact(record_size)
-            .enumerate()
-            .map(|(record_index, record)| {
-                let label = record[label_offset] as usize;
-                if label >= variant.num_classes() {
-                    return Err(DataError::BadLabel {
-                        path: path.clone(),
-                        location: format!("record {record_index}"),
-                        reason: format!(
-                            "label {label} is out of range for {} classes",
-                            variant.num_classes()
-                        ),
-                    });
-                }
-                let pixels = planar_to_interleaved(&record[label_offset + 1..]);
-                let shape = ImageShape::new(SIDE, SIDE, 3);
-                let (pixels, shape) = convert_raw(pixels, shape, options.size, options.channels)
-                    .ok_or_else(|| DataError::BadImage {
-                        path: path.clone(),
-                        reason: format!("record {record_index}: cannot convert the image"),
-                    })?;
-                Ok(DecodedRecord {
-                    pixels,
-                    shape,
-                    label,
-                })
-            })
-            .collect();
-        for result in decoded {
-            let DecodedRecord {
-                pixels,
-                shape,
-                label,
-            } = result?;
+        for DecodedRecord {
+            pixels,
+            shape,
+            label,
+        } in decode_batch(&bytes, &path, variant, options)?
+        {
             split
                 .get_or_insert_with(|| Split::empty(shape))
                 .push(&pixels, label);
@@ -354,6 +326,75 @@ fn read_batches(
         path: dir.to_path_buf(),
         reason: "no CIFAR records found".to_string(),
     })
+}
+
+/// Decodes one batch file's contents (whole records of a label byte or two and 3072 planar
+/// pixel bytes), converting images as `options` ask; `path` names the file in errors.
+fn decode_batch(
+    bytes: &[u8],
+    path: &Path,
+    variant: Variant,
+    options: &LoadOptions,
+) -> Result<Vec<DecodedRecord>, DataError> {
+    let record_size = variant.record_size();
+    if bytes.is_empty() || bytes.len() % record_size != 0 {
+        return Err(DataError::CifarTruncated {
+            path: path.to_path_buf(),
+            len: bytes.len() as u64,
+            record_size,
+        });
+    }
+    let label_offset = record_size - PIXEL_BYTES - 1;
+    bytes
+        .par_chunks_exact(record_size)
+        .enumerate()
+        .map(|(record_index, record)| {
+            let label = record[label_offset] as usize;
+            if label >= variant.num_classes() {
+                return Err(DataError::BadLabel {
+                    path: path.to_path_buf(),
+                    location: format!("record {record_index}"),
+                    reason: format!(
+                        "label {label} is out of range for {} classes",
+                        variant.num_classes()
+                    ),
+                });
+            }
+            let pixels = planar_to_interleaved(&record[label_offset + 1..]);
+            let shape = ImageShape::new(SIDE, SIDE, 3);
+            let (pixels, shape) = convert_raw(pixels, shape, options.size, options.channels)
+                .ok_or_else(|| DataError::BadImage {
+                    path: path.to_path_buf(),
+                    reason: format!("record {record_index}: cannot convert the image"),
+                })?;
+            Ok(DecodedRecord {
+                pixels,
+                shape,
+                label,
+            })
+        })
+        .collect()
+}
+
+/// Parses one CIFAR batch file's contents and, as a class-name list, `names`, for the fuzz
+/// target; returns the number of records decoded and of class names read.
+pub(crate) fn parse_cifar_for_fuzzing(
+    batch: &[u8],
+    names: &str,
+    cifar100: bool,
+    options: &LoadOptions,
+) -> (Result<usize, DataError>, Result<usize, DataError>) {
+    let variant = if cifar100 {
+        Variant::Cifar100
+    } else {
+        Variant::Cifar10
+    };
+    let records = decode_batch(batch, Path::new("fuzz-batch.bin"), variant, options);
+    let names = parse_class_names(names, PathBuf::from("fuzz-names.txt"), variant);
+    (
+        records.map(|records| records.len()),
+        names.map(|names| names.len()),
+    )
 }
 
 /// CIFAR stores each colour plane whole; decoders and augmentations here expect H x W x C.

@@ -12,6 +12,7 @@
 //!   Columns are positional whatever the header says.
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::Path;
 
 use super::dataset::{Dataset, LoadOptions};
@@ -32,7 +33,23 @@ struct Row {
 /// Loads the data set listed in the CSV file at `csv_path`.
 pub(crate) fn load_csv(csv_path: &Path, options: &LoadOptions) -> Result<Dataset, DataError> {
     let base_dir = csv_path.parent().unwrap_or_else(|| Path::new(""));
-    let rows = read_rows(csv_path, base_dir)?;
+    let file = std::fs::File::open(csv_path).map_err(|error| DataError::io(csv_path, error))?;
+    let (class_names, files) = parse_csv(file, csv_path, base_dir)?;
+    let name = csv_path.file_stem().map_or_else(
+        || "dataset".to_string(),
+        |stem| stem.to_string_lossy().into_owned(),
+    );
+    dataset_from_files(name, csv_path.to_path_buf(), class_names, files, options)
+}
+
+/// Parses a CSV list read from `reader` into class names and the listed files (paths joined to
+/// `base_dir`), without touching the images; `csv_path` names the file in errors.
+pub(crate) fn parse_csv<R: Read>(
+    reader: R,
+    csv_path: &Path,
+    base_dir: &Path,
+) -> Result<(Vec<String>, Vec<LabelledFile>), DataError> {
+    let rows = read_rows(reader, csv_path, base_dir)?;
     let file_name = csv_path
         .file_name()
         .map_or_else(String::new, |name| name.to_string_lossy().into_owned());
@@ -133,22 +150,17 @@ pub(crate) fn load_csv(csv_path: &Path, options: &LoadOptions) -> Result<Dataset
             listed_at: Some(format!("line {} of {file_name}", row.line)),
         });
     }
-    let name = csv_path.file_stem().map_or_else(
-        || "dataset".to_string(),
-        |stem| stem.to_string_lossy().into_owned(),
-    );
-    dataset_from_files(name, csv_path.to_path_buf(), class_names, files, options)
+    Ok((class_names, files))
 }
 
 /// Reads the data rows (header dropped, fields trimmed), checking each has 2 or 3 non-empty
 /// leading fields.
-fn read_rows(csv_path: &Path, base_dir: &Path) -> Result<Vec<Row>, DataError> {
+fn read_rows<R: Read>(reader: R, csv_path: &Path, base_dir: &Path) -> Result<Vec<Row>, DataError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_path(csv_path)
-        .map_err(|error| csv_error(csv_path, error))?;
+        .from_reader(reader);
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|error| csv_error(csv_path, error))?;

@@ -61,6 +61,21 @@ pub(crate) fn decode_image_file(
             bad(format!("cannot read: {error}"))
         }
     })?;
+    decode_image_bytes(&bytes, path, size, channels)
+}
+
+/// Decodes an image file's contents, then converts it (see [`finish_image`]); `path` only names
+/// the file in errors. Split from [`decode_image_file`] so the decoder can be fuzzed in memory.
+pub(crate) fn decode_image_bytes(
+    bytes: &[u8],
+    path: &Path,
+    size: Option<usize>,
+    channels: Option<usize>,
+) -> Result<LoadedImage, DataError> {
+    let bad = |reason: String| DataError::BadImage {
+        path: path.to_path_buf(),
+        reason,
+    };
     let reader = ImageReader::new(Cursor::new(&bytes[..]))
         .with_guessed_format()
         .map_err(|error| bad(format!("cannot read: {error}")))?;
@@ -72,7 +87,7 @@ pub(crate) fn decode_image_file(
     let image = reader
         .decode()
         .map_err(|error| bad(format!("corrupt or unsupported {format:?} image: {error}")))?;
-    if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(&bytes) {
+    if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
         // The JPEG decoder fills a cut-off scan with grey instead of failing; a truncated file
         // would silently become a half-grey training image.
         return Err(bad(

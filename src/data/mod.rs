@@ -25,10 +25,31 @@ use std::path::Path;
 
 pub use augment::AugmentConfig;
 pub use batch::{Normalization, make_batch};
+pub(crate) use cifar::parse_cifar_for_fuzzing as cifar_from_bytes;
 pub use cifar::{CIFAR10_CLASS_NAMES, CIFAR100_CLASS_NAMES};
 pub use dataset::{BadFilePolicy, Dataset, ImageShape, LoadOptions, MAX_IMAGE_SIZE, Split};
 pub use error::{ACCEPTED_LAYOUTS, DataError};
 pub use npz::MEDMNIST_CLASS_NAMES;
+pub(crate) use npz::load_npz_bytes as npz_from_bytes;
+
+/// Decodes an image file's contents as the loader does (for the fuzz targets); returns the
+/// converted shape as (height, width, channels).
+pub(crate) fn image_from_bytes(
+    bytes: &[u8],
+    size: Option<usize>,
+    channels: Option<usize>,
+) -> Result<(usize, usize, usize), DataError> {
+    let image = image_io::decode_image_bytes(bytes, Path::new("fuzz-image"), size, channels)?;
+    Ok((image.shape.height, image.shape.width, image.shape.channels))
+}
+
+/// Parses a CSV list's contents as if read from `csv_path` (for the fuzz targets); returns the
+/// number of classes and of listed files.
+pub(crate) fn csv_from_reader(bytes: &[u8], csv_path: &Path) -> Result<(usize, usize), DataError> {
+    let base_dir = csv_path.parent().unwrap_or_else(|| Path::new(""));
+    let (classes, files) = csv_list::parse_csv(bytes, csv_path, base_dir)?;
+    Ok((classes.len(), files.len()))
+}
 pub use split::{SplitIndices, stratified_split};
 
 /// BreastMNIST (28 x 28 grey, 2 classes, 546/78/156 images), shipped inside the binary.

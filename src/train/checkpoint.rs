@@ -224,10 +224,7 @@ impl RunDir {
     pub fn read_run_info(&self) -> Result<RunInfo, TrainError> {
         let path = self.run_info_path();
         let text = fs::read_to_string(&path).map_err(|e| io_error(&path, "cannot read", e))?;
-        serde_json::from_str(&text).map_err(|e| TrainError::Corrupt {
-            path,
-            message: e.to_string(),
-        })
+        parse_json(&text, &path)
     }
 
     /// Name of the epoch folder a pointer (`latest` or `best`) names, if any.
@@ -343,18 +340,7 @@ impl RunDir {
     pub fn load_model(&self, model: ResNet, pointer: &str) -> Result<ResNet, TrainError> {
         let path = self.epoch_dir(pointer)?.join("model.bpk");
         let bytes = fs::read(&path).map_err(|e| io_error(&path, "cannot read", e))?;
-        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
-            TrainError::Corrupt {
-                path: path.clone(),
-                message: e.to_string(),
-            }
-        })?;
-        model
-            .try_load_record(record)
-            .map_err(|e| TrainError::Corrupt {
-                path,
-                message: format!("the weights do not fit this model (was run.json edited?): {e}"),
-            })
+        load_model_bytes(model, bytes, &path)
     }
 
     /// Load the optimizer state and training state of the `latest` checkpoint.
@@ -365,21 +351,59 @@ impl RunDir {
         let dir = self.epoch_dir("latest")?;
         let path = dir.join("optimizer.bpk");
         let bytes = fs::read(&path).map_err(|e| io_error(&path, "cannot read", e))?;
-        let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
-            TrainError::Corrupt {
-                path: path.clone(),
-                message: e.to_string(),
-            }
-        })?;
-        let optimizer = optimizer.load_record(record);
+        let optimizer = load_optimizer_bytes(optimizer, bytes, &path)?;
         let path = dir.join("state.json");
         let text = fs::read_to_string(&path).map_err(|e| io_error(&path, "cannot read", e))?;
-        let state = serde_json::from_str(&text).map_err(|e| TrainError::Corrupt {
-            path,
-            message: e.to_string(),
-        })?;
+        let state = parse_json(&text, &path)?;
         Ok((optimizer, state))
     }
+}
+
+/// Loads model weights from the contents of a `model.bpk` file; `path` names it in errors.
+pub(crate) fn load_model_bytes(
+    model: ResNet,
+    bytes: Vec<u8>,
+    path: &Path,
+) -> Result<ResNet, TrainError> {
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
+        TrainError::Corrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
+    model
+        .try_load_record(record)
+        .map_err(|e| TrainError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!("the weights do not fit this model (was run.json edited?): {e}"),
+        })
+}
+
+/// Loads optimizer state from the contents of an `optimizer.bpk` file; `path` names it in
+/// errors.
+pub(crate) fn load_optimizer_bytes(
+    optimizer: ModuleOptimizer,
+    bytes: Vec<u8>,
+    path: &Path,
+) -> Result<ModuleOptimizer, TrainError> {
+    let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
+        TrainError::Corrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
+    Ok(optimizer.load_record(record))
+}
+
+/// Parses a run's JSON file (`state.json`, `run.json`); `path` names it in errors.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+) -> Result<T, TrainError> {
+    serde_json::from_str(text).map_err(|e| TrainError::Corrupt {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -14,12 +14,21 @@ mod trainer;
 
 pub use atomic::write_atomic;
 pub use checkpoint::{EpochRecord, RunDir, RunInfo, TrainState};
+pub(crate) use checkpoint::{
+    load_model_bytes as model_from_bytes, load_optimizer_bytes as optimizer_from_bytes,
+    parse_json as json_from_str,
+};
 pub use config::{LogFormat, SelectionMetric, TrainConfig};
 pub use evaluate::{SplitEvaluation, evaluate_split, load_trained_model, predict_probabilities};
 pub use observer::{NoObserver, StepProgress, TrainObserver};
 pub use pause::{PAUSE_AT_VAR, PAUSE_MARKER_VAR};
 pub use schedule::LrSchedule;
 pub use trainer::{TrainOutcome, train};
+
+/// The optimizer `train` builds for the default configuration (for the fuzz targets).
+pub(crate) fn default_optimizer() -> burn::optim::ModuleOptimizer {
+    trainer::optimizer(&TrainConfig::default())
+}
 
 use std::path::PathBuf;
 

@@ -174,7 +174,7 @@ fn loss_function(config: &TrainConfig, dataset: &Dataset, device: &Device) -> Cr
     loss.init(device)
 }
 
-fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
+pub(crate) fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
     SgdConfig::new()
         .with_momentum(Some(
             MomentumConfig::new()
