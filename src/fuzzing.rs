@@ -138,6 +138,7 @@ pub fn checkpoint(file: CheckpointFile, bytes: &[u8]) -> Result<(), TrainError> 
                 checkpoint_optimizer(),
                 bytes.to_vec(),
                 Path::new("fuzz/optimizer.bpk"),
+                &MODEL,
             )?;
             let model = optimizer_step(&mut optimizer, MODEL.clone());
             drop(model);

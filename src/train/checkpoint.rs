@@ -17,14 +17,15 @@
 //! file in it is on disk; the `latest` and `best` pointers are replaced atomically after that.
 //! Older epoch folders are removed only once no pointer names them.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::ModuleOptimizer;
 use burn::optim::record::OptimizerRecord;
 use burn::store::ModuleRecord;
-use burn::tensor::Bytes;
+use burn::tensor::{Bytes, DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
@@ -343,15 +344,17 @@ impl RunDir {
         load_model_bytes(model, bytes, &path)
     }
 
-    /// Load the optimizer state and training state of the `latest` checkpoint.
+    /// Load the optimizer state and training state of the `latest` checkpoint; the optimizer
+    /// state is checked against `model`, the model it will train.
     pub fn load_training_state(
         &self,
         optimizer: ModuleOptimizer,
+        model: &ResNet,
     ) -> Result<(ModuleOptimizer, TrainState), TrainError> {
         let dir = self.epoch_dir("latest")?;
         let path = dir.join("optimizer.bpk");
         let bytes = fs::read(&path).map_err(|e| io_error(&path, "cannot read", e))?;
-        let optimizer = load_optimizer_bytes(optimizer, bytes, &path)?;
+        let optimizer = load_optimizer_bytes(optimizer, bytes, &path, model)?;
         let path = dir.join("state.json");
         let text = fs::read_to_string(&path).map_err(|e| io_error(&path, "cannot read", e))?;
         let state = parse_json(&text, &path)?;
@@ -379,18 +382,77 @@ pub(crate) fn load_model_bytes(
         })
 }
 
-/// Loads optimizer state from the contents of an `optimizer.bpk` file; `path` names it in
-/// errors.
+/// Shape and dtype of every float parameter of a model, by parameter id.
+fn parameter_layouts(model: &ResNet) -> HashMap<u64, (Vec<usize>, DType)> {
+    struct Layouts(HashMap<u64, (Vec<usize>, DType)>);
+    impl ModuleVisitor for Layouts {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let value = param.val();
+            self.0
+                .insert(param.id.val(), (value.shape().to_vec(), value.dtype()));
+        }
+    }
+    let mut layouts = Layouts(HashMap::new());
+    model.visit(&mut layouts);
+    layouts.0
+}
+
+/// Checks an `optimizer.bpk` file against the model it is to train before burn loads it:
+/// burn's `load_record` panics on a state tensor without a parameter id, and state whose
+/// shape, dtype or rank does not fit its parameter panics at the next step, mid-training.
+/// SGD's only state is a momentum buffer shaped like its parameter.
+fn check_optimizer_file(bytes: Bytes, model: &ResNet) -> Result<(), String> {
+    let reader = burn_pack::Reader::from_bytes(bytes).map_err(|e| e.to_string())?;
+    let layouts = parameter_layouts(model);
+    let layout = |id: u64, what: &str| {
+        layouts
+            .get(&id)
+            .ok_or_else(|| format!("{what} belongs to parameter {id}, which this model lacks"))
+    };
+    for (name, scalar) in reader.scalars() {
+        if let Some(id) = name.strip_suffix(".__rank") {
+            let (shape, _) = layout(id.parse().unwrap_or(u64::MAX), name)?;
+            if usize::try_from(*scalar).ok() != Some(shape.len()) {
+                return Err(format!(
+                    "{name} is {scalar:?} but the parameter has rank {}",
+                    shape.len()
+                ));
+            }
+        }
+    }
+    for tensor in reader.into_tensors().map_err(|e| e.to_string())? {
+        let id = tensor
+            .param_id
+            .ok_or_else(|| format!("state tensor '{}' has no parameter id", tensor.name))?;
+        let (shape, dtype) = layout(id, &format!("state tensor '{}'", tensor.name))?;
+        if tensor.shape.to_vec() != *shape || tensor.dtype != *dtype {
+            return Err(format!(
+                "state tensor '{}' is {:?} {:?} but its parameter is {dtype:?} {shape:?}",
+                tensor.name,
+                tensor.dtype,
+                tensor.shape.to_vec()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Loads optimizer state from the contents of an `optimizer.bpk` file, checked against the
+/// `model` it will train; `path` names the file in errors.
 pub(crate) fn load_optimizer_bytes(
     optimizer: ModuleOptimizer,
     bytes: Vec<u8>,
     path: &Path,
+    model: &ResNet,
 ) -> Result<ModuleOptimizer, TrainError> {
-    let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
-        TrainError::Corrupt {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }
+    let bytes = Bytes::from_bytes_vec(bytes);
+    check_optimizer_file(bytes.clone(), model).map_err(|message| TrainError::Corrupt {
+        path: path.to_path_buf(),
+        message: format!("the optimizer state does not fit this model: {message}"),
+    })?;
+    let record = OptimizerRecord::from_bytes(bytes).map_err(|e| TrainError::Corrupt {
+        path: path.to_path_buf(),
+        message: e.to_string(),
     })?;
     Ok(optimizer.load_record(record))
 }
@@ -430,5 +492,68 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["checkpoints", "latest"]);
+    }
+
+    use crate::fuzzing::{checkpoint_model, checkpoint_optimizer, optimizer_step};
+
+    /// Found by the `checkpoint` fuzz target: an optimizer file whose state tensor lacks a
+    /// parameter id made burn's `load_record` panic (its state is also for parameters this
+    /// model lacks, which the check reports first).
+    #[test]
+    fn optimizer_state_without_a_parameter_id_is_refused() {
+        let path = Path::new("tests/fixtures/fuzz/optimizer_without_param_id.bpk");
+        let bytes = fs::read(path).unwrap();
+        let error = load_optimizer_bytes(checkpoint_optimizer(), bytes, path, &checkpoint_model())
+            .err()
+            .expect("refused");
+        let message = error.to_string();
+        assert!(
+            message.contains("optimizer_without_param_id.bpk"),
+            "{message}"
+        );
+        assert!(message.contains("does not fit this model"), "{message}");
+    }
+
+    /// State that fits another model (here one layer's) is refused before it can fail a step.
+    #[test]
+    fn optimizer_state_of_another_model_is_refused() {
+        let model = checkpoint_model();
+        let mut optimizer = checkpoint_optimizer();
+        // A fresh classifier has new parameter ids, as a model of another run would.
+        let other = crate::models::ResNetConfig::new(
+            crate::models::Backbone::ResNet20,
+            crate::attention::AttentionConfig::new(crate::attention::AttentionKind::Ppcr),
+            2,
+        )
+        .with_in_channels(1)
+        .with_input_size(8)
+        .init(&burn::tensor::Device::flex().autodiff())
+        .unwrap();
+        optimizer_step(&mut optimizer, other);
+        let bytes = optimizer.to_record().into_bytes().unwrap().to_vec();
+        let error = load_optimizer_bytes(
+            checkpoint_optimizer(),
+            bytes.clone(),
+            Path::new("optimizer.bpk"),
+            &model,
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            error.to_string().contains("which this model lacks"),
+            "{error}"
+        );
+
+        let mut own = checkpoint_optimizer();
+        optimizer_step(&mut own, model.clone());
+        let bytes = own.to_record().into_bytes().unwrap().to_vec();
+        let mut loaded = load_optimizer_bytes(
+            checkpoint_optimizer(),
+            bytes,
+            Path::new("optimizer.bpk"),
+            &model,
+        )
+        .unwrap();
+        optimizer_step(&mut loaded, model);
     }
 }

@@ -306,7 +306,7 @@ pub fn train(
     let mut state = TrainState::default();
     if resuming {
         model = run.load_model(model, "latest")?;
-        (optim, state) = run.load_training_state(optim)?;
+        (optim, state) = run.load_training_state(optim, &model)?;
     }
     // The optimizer's momentum is one more value per weight, so an epoch folder is about
     // twice the model's size.
