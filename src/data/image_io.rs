@@ -10,10 +10,14 @@ use std::io::Cursor;
 use std::path::Path;
 
 use image::imageops::{self, FilterType};
-use image::{DynamicImage, GrayImage, ImageBuffer, ImageReader, Pixel, RgbImage};
+use image::{DynamicImage, GrayImage, ImageBuffer, ImageDecoder, ImageReader, Pixel, RgbImage};
 
 use super::dataset::ImageShape;
 use super::error::DataError;
+
+/// Largest image accepted, in pixels (that of an 8192 x 8192 image): bigger ones are refused
+/// from their header, before decoding, so a small file cannot claim gigabytes of pixels.
+pub(crate) const MAX_IMAGE_PIXELS: u64 = 8192 * 8192;
 
 /// File extensions (lower case) treated as images in folders.
 pub(crate) const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
@@ -84,9 +88,20 @@ pub(crate) fn decode_image_bytes(
             "not a PNG, JPEG, BMP or TIFF image (unrecognised file signature)".to_string(),
         ));
     };
-    let image = reader
-        .decode()
-        .map_err(|error| bad(format!("corrupt or unsupported {format:?} image: {error}")))?;
+    let corrupt =
+        |error: image::ImageError| bad(format!("corrupt or unsupported {format:?} image: {error}"));
+    let decoder = reader.into_decoder().map_err(corrupt)?;
+    // The header's dimensions are checked before anything is decoded: a few hundred bytes of
+    // JPEG can declare 16643 x 9988 pixels, which took over 10 s and 800 MB to decode and
+    // convert (found by the `image` fuzz target).
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+        return Err(bad(format!(
+            "image is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS} pixels (8192 x 8192) \
+             are accepted; downscale it first"
+        )));
+    }
+    let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
         // The JPEG decoder fills a cut-off scan with grey instead of failing; a truncated file
         // would silently become a half-grey training image.
@@ -231,6 +246,23 @@ pub(crate) fn resize_pixels(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `image` fuzz target: a 923-byte JPEG declaring 16643 x 9988 pixels took
+    /// over 10 s and 800 MB to decode; it is refused from its header.
+    #[test]
+    fn huge_declared_dimensions_are_refused_before_decoding() {
+        let path = Path::new("tests/fixtures/fuzz/jpeg_16643x9988_in_923_bytes.jpg");
+        let bytes = std::fs::read(path).unwrap();
+        let start = std::time::Instant::now();
+        let error = decode_image_bytes(&bytes, path, None, Some(3)).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("jpeg_16643x9988_in_923_bytes.jpg"),
+            "{message}"
+        );
+        assert!(message.contains("9988x16643 pixels"), "{message}");
+        assert!(start.elapsed().as_secs() < 2);
+    }
 
     #[test]
     fn float_images_with_nan_or_infinity_are_refused() {
