@@ -337,7 +337,7 @@ fn decode_batch(
     options: &LoadOptions,
 ) -> Result<Vec<DecodedRecord>, DataError> {
     let record_size = variant.record_size();
-    if bytes.is_empty() || bytes.len() % record_size != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record_size) {
         return Err(DataError::CifarTruncated {
             path: path.to_path_buf(),
             len: bytes.len() as u64,

@@ -80,7 +80,7 @@ pub(crate) fn decode_image_bytes(
         path: path.to_path_buf(),
         reason,
     };
-    let reader = ImageReader::new(Cursor::new(&bytes[..]))
+    let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|error| bad(format!("cannot read: {error}")))?;
     let Some(format) = reader.format() else {
