@@ -7,6 +7,7 @@
 //! Rec. 709 luma weights; grey to RGB replicates the value.
 
 use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use image::imageops::{self, FilterType};
@@ -101,7 +102,16 @@ pub(crate) fn decode_image_bytes(
              are accepted; downscale it first"
         )));
     }
-    let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    // zune-jpeg 0.5.15 (the image crate's JPEG decoder) panics on some malformed JPEGs (an
+    // unwrap in its AVX2 IDCT, found by the `image` fuzz target); nothing visible in the
+    // header predicts it, so the panic is caught here and reported as a bad file.
+    let image = catch_unwind(AssertUnwindSafe(|| DynamicImage::from_decoder(decoder)))
+        .map_err(|_| {
+            bad(format!(
+                "corrupt {format:?} image (the decoder failed on malformed data)"
+            ))
+        })?
+        .map_err(corrupt)?;
     if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
         // The JPEG decoder fills a cut-off scan with grey instead of failing; a truncated file
         // would silently become a half-grey training image.
@@ -246,6 +256,19 @@ pub(crate) fn resize_pixels(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `image` fuzz target: this JPEG makes zune-jpeg 0.5.15 panic (an unwrap in
+    /// its AVX2 IDCT, on CPUs with AVX2); it must come back as a bad file, not a crash.
+    #[test]
+    fn jpeg_that_panics_the_decoder_is_a_bad_image() {
+        let path = Path::new("tests/fixtures/fuzz/jpeg_zune_idct_panic.jpg");
+        let bytes = std::fs::read(path).unwrap();
+        for (size, channels) in [(None, Some(3)), (Some(8), Some(1))] {
+            if let Err(error) = decode_image_bytes(&bytes, path, size, channels) {
+                assert!(matches!(error, DataError::BadImage { .. }), "{error}");
+            }
+        }
+    }
 
     /// Found by the `image` fuzz target: a 923-byte JPEG declaring 16643 x 9988 pixels took
     /// over 10 s and 800 MB to decode; it is refused from its header.
