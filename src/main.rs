@@ -5,6 +5,7 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    cli::install_panic_hook();
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -175,6 +175,20 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
     let output = ppcr(&["train", "--data", "/no/such/data", "--out", out]);
     assert_clean_failure(&output, &["/no/such/data"]);
 
+    // A JPEG that makes the decoder itself panic (a zune-jpeg bug the image fuzz target found)
+    // is reported as a bad file, without a panic message.
+    let data = folder.path().join("jpeg_data");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        std::fs::copy(
+            fixtures().join("../fuzz/jpeg_zune_idct_panic.jpg"),
+            data.join(class).join("scan.jpg"),
+        )
+        .unwrap();
+    }
+    let output = ppcr(&["train", "--data", data.to_str().unwrap(), "--out", out]);
+    assert_clean_failure(&output, &["scan.jpg"]);
+
     let output = ppcr(&["train", "--backbone", "vgg16", "--out", out]);
     assert_clean_failure(&output, &["vgg16", "resnet20", "resnet50"]);
 

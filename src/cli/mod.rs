@@ -7,6 +7,7 @@ mod device;
 mod eval;
 mod explain;
 mod models;
+mod panic_hook;
 mod predict;
 mod profile;
 mod progress;
@@ -15,6 +16,8 @@ mod soak;
 mod train;
 
 use clap::{Parser, Subcommand};
+
+pub use panic_hook::install as install_panic_hook;
 
 /// Attention-recalibrated CNNs (PPCR and the units it is compared to) for medical image
 /// classification.
