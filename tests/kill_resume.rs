@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::record::OptimizerRecord;
 use burn::store::ModuleRecord;
-use burn::tensor::{Bytes, Device, Tensor};
+use burn::tensor::{Bytes, Device};
 use ppcr::train::{PAUSE_AT_VAR, PAUSE_MARKER_VAR, RunDir, TrainState, load_trained_model};
 
 const EPOCHS: usize = 4;
@@ -115,23 +114,6 @@ fn assert_checkpoints_readable(run: &Path) -> Vec<PathBuf> {
     epoch_dirs
 }
 
-struct CollectWeights(Vec<Vec<f32>>);
-
-impl ModuleVisitor for CollectWeights {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0
-            .push(param.val().into_data().try_to_vec::<f32>().unwrap());
-    }
-}
-
-fn latest_weights(run: &Path) -> Vec<Vec<f32>> {
-    let (model, _) =
-        load_trained_model(&RunDir::open(run).unwrap(), "latest", &Device::flex()).unwrap();
-    let mut weights = CollectWeights(Vec::new());
-    model.visit(&mut weights);
-    weights.0
-}
-
 fn leftovers(run: &Path) -> Vec<String> {
     [run.to_path_buf(), run.join("checkpoints")]
         .iter()
@@ -186,7 +168,7 @@ fn a_run_killed_at_any_point_resumes_to_the_uninterrupted_weights() {
     assert_eq!(pointer(&run, "latest"), "epoch-0004");
     assert_eq!(leftovers(&run), Vec::<String>::new());
 
-    let (a, b) = (latest_weights(&whole), latest_weights(&run));
+    let (a, b) = (common::latest_weights(&whole), common::latest_weights(&run));
     assert_eq!(a.len(), b.len());
     assert!(
         a == b,

@@ -2,14 +2,11 @@
 //! after an epoch and resumed ends with exactly the weights of an uninterrupted run, the run
 //! folder holds what it promises, and an existing run is never overwritten.
 
-use std::path::Path;
+mod common;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use ppcr::data::{Dataset, LoadOptions, builtin_breastmnist};
-use ppcr::train::{
-    NoObserver, RunDir, TrainConfig, TrainError, TrainObserver, load_trained_model, train,
-};
+use ppcr::train::{NoObserver, TrainConfig, TrainError, TrainObserver, train};
 
 /// BreastMNIST cut to 96 training images so a few epochs take seconds.
 fn small_breastmnist() -> Dataset {
@@ -40,23 +37,6 @@ impl TrainObserver for StopAfter {
     fn should_stop(&mut self) -> bool {
         self.1 >= self.0
     }
-}
-
-struct CollectWeights(Vec<Vec<f32>>);
-
-impl ModuleVisitor for CollectWeights {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0
-            .push(param.val().into_data().try_to_vec::<f32>().unwrap());
-    }
-}
-
-fn latest_weights(run: &Path) -> Vec<Vec<f32>> {
-    let (model, _) =
-        load_trained_model(&RunDir::open(run).unwrap(), "latest", &Device::flex()).unwrap();
-    let mut weights = CollectWeights(Vec::new());
-    model.visit(&mut weights);
-    weights.0
 }
 
 #[test]
@@ -92,7 +72,10 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
     )
     .unwrap();
 
-    let (a, b) = (latest_weights(&whole), latest_weights(&resumed));
+    let (a, b) = (
+        common::latest_weights(&whole),
+        common::latest_weights(&resumed),
+    );
     assert_eq!(a.len(), b.len());
     assert!(
         a.iter().zip(&b).all(|(x, y)| x == y),

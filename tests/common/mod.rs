@@ -7,6 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use ppcr::train::{RunDir, load_trained_model};
+
 /// Run the `ppcr` binary built for these tests.
 pub fn ppcr(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ppcr"))
@@ -71,4 +75,23 @@ pub fn train_tiny(folder: &Path, epochs: usize) -> PathBuf {
         run.to_str().unwrap(),
     ]));
     run
+}
+
+struct CollectWeights(Vec<Vec<f32>>);
+
+impl ModuleVisitor for CollectWeights {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0
+            .push(param.val().into_data().try_to_vec::<f32>().unwrap());
+    }
+}
+
+/// Every float parameter of the run's `latest` checkpoint, in module order, for comparing
+/// two runs bit for bit.
+pub fn latest_weights(run: &Path) -> Vec<Vec<f32>> {
+    let (model, _) =
+        load_trained_model(&RunDir::open(run).unwrap(), "latest", &Device::flex()).unwrap();
+    let mut weights = CollectWeights(Vec::new());
+    model.visit(&mut weights);
+    weights.0
 }
