@@ -15,7 +15,7 @@ fn train_eval_predict_on_an_image_folder() {
     let run_arg = run.to_str().unwrap();
     let data = fixtures().join("pbc_mini");
     let data_arg = data.to_str().unwrap();
-    let output = ppcr(&[
+    let output = ppcr([
         "train",
         "--data",
         data_arg,
@@ -41,7 +41,7 @@ fn train_eval_predict_on_an_image_folder() {
     assert!(text.contains("test metrics (3 images)"), "{text}");
     assert!(text.contains("epoch   2/2"), "{text}");
 
-    let output = ppcr(&["eval", "--checkpoint", run_arg, "--split", "val", "--json"]);
+    let output = ppcr(["eval", "--checkpoint", run_arg, "--split", "val", "--json"]);
     assert!(
         output.status.success(),
         "{}",
@@ -58,7 +58,7 @@ fn train_eval_predict_on_an_image_folder() {
         .unwrap()
         .unwrap()
         .path();
-    let output = ppcr(&[
+    let output = ppcr([
         "predict",
         "--checkpoint",
         run_arg,
@@ -81,7 +81,7 @@ fn train_eval_predict_on_an_image_folder() {
     assert!((total - 1.0).abs() < 1e-4, "{row:?}");
 
     // The checkpoint's classes are not BreastMNIST's: evaluating on it is refused.
-    let output = ppcr(&[
+    let output = ppcr([
         "eval",
         "--checkpoint",
         run_arg,
@@ -93,7 +93,7 @@ fn train_eval_predict_on_an_image_folder() {
         "same classes through the CSV list must work"
     );
     let breast = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/breastmnist.npz");
-    let output = ppcr(&[
+    let output = ppcr([
         "eval",
         "--checkpoint",
         run_arg,
@@ -126,23 +126,23 @@ fn train_eval_predict_on_an_image_folder() {
         info.replace("\"ppcr\"", "\"se\""),
     )
     .unwrap();
-    let output = ppcr(&["eval", "--checkpoint", tampered.to_str().unwrap()]);
+    let output = ppcr(["eval", "--checkpoint", tampered.to_str().unwrap()]);
     assert_clean_failure(&output, &["model.bpk", "do not fit"]);
 
     // Training into the finished run again is refused rather than overwriting it.
-    let output = ppcr(&[
+    let output = ppcr([
         "train", "--data", data_arg, "--size", "32", "--epochs", "1", "--out", run_arg,
     ]);
     assert_clean_failure(&output, &["already holds a training run", "--resume"]);
 
     // A run folder that is not one.
-    let output = ppcr(&["eval", "--checkpoint", folder.path().to_str().unwrap()]);
+    let output = ppcr(["eval", "--checkpoint", folder.path().to_str().unwrap()]);
     assert_clean_failure(&output, &["not a ppcr run folder"]);
 }
 
 #[test]
 fn models_json_lists_every_backbone_and_unit() {
-    let output = ppcr(&["models", "--json", "--classes", "2", "--input", "28"]);
+    let output = ppcr(["models", "--json", "--classes", "2", "--input", "28"]);
     assert!(output.status.success());
     let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(rows.len(), 9 * 8);
@@ -172,7 +172,7 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
     let out = folder.path().join("run");
     let out = out.to_str().unwrap();
 
-    let output = ppcr(&["train", "--data", "/no/such/data", "--out", out]);
+    let output = ppcr(["train", "--data", "/no/such/data", "--out", out]);
     assert_clean_failure(&output, &["/no/such/data"]);
 
     // A JPEG that makes the decoder itself panic (a zune-jpeg bug the image fuzz target found)
@@ -186,13 +186,13 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
         )
         .unwrap();
     }
-    let output = ppcr(&["train", "--data", data.to_str().unwrap(), "--out", out]);
+    let output = ppcr(["train", "--data", data.to_str().unwrap(), "--out", out]);
     assert_clean_failure(&output, &["scan.jpg"]);
 
-    let output = ppcr(&["train", "--backbone", "vgg16", "--out", out]);
+    let output = ppcr(["train", "--backbone", "vgg16", "--out", out]);
     assert_clean_failure(&output, &["vgg16", "resnet20", "resnet50"]);
 
-    let output = ppcr(&["train", "--attn", "sk", "--out", out]);
+    let output = ppcr(["train", "--attn", "sk", "--out", out]);
     assert_clean_failure(
         &output,
         &["'sk'", "none, se, eca, cbam, srm, gct, simam, ppcr"],
@@ -200,10 +200,10 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
 
     let corrupt = folder.path().join("corrupt.npz");
     std::fs::write(&corrupt, b"PK\x03\x04 definitely not a zip archive").unwrap();
-    let output = ppcr(&["train", "--data", corrupt.to_str().unwrap(), "--out", out]);
+    let output = ppcr(["train", "--data", corrupt.to_str().unwrap(), "--out", out]);
     assert_clean_failure(&output, &["corrupt.npz"]);
 
-    let output = ppcr(&[
+    let output = ppcr([
         "train",
         "--data",
         fixtures().join("bad_label.csv").to_str().unwrap(),
@@ -235,7 +235,7 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
         bad_folder.join("a/broken.jpg"),
     )
     .unwrap();
-    let output = ppcr(&[
+    let output = ppcr([
         "train",
         "--data",
         bad_folder.to_str().unwrap(),
@@ -248,14 +248,14 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
 
     let config = folder.path().join("typo.toml");
     std::fs::write(&config, "epoch = 3\n").unwrap();
-    let output = ppcr(&["train", "--config", config.to_str().unwrap(), "--out", out]);
+    let output = ppcr(["train", "--config", config.to_str().unwrap(), "--out", out]);
     assert_clean_failure(&output, &["typo.toml", "epoch"]);
 
-    let output = ppcr(&["train", "--lr=-1", "--epochs", "0", "--out", out]);
+    let output = ppcr(["train", "--lr=-1", "--epochs", "0", "--out", out]);
     assert_clean_failure(&output, &["lr", "epochs"]);
 
     // An output folder that cannot be created fails before any training.
-    let output = ppcr(&[
+    let output = ppcr([
         "train",
         "--epochs",
         "1",
@@ -273,7 +273,7 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
         "lr = 0.01\n[schedule]\nkind = \"step\"\nmilestones = [1]\ngamma = 1e30\n",
     )
     .unwrap();
-    let output = ppcr(&[
+    let output = ppcr([
         "train",
         "--config",
         diverge_config.to_str().unwrap(),
@@ -292,7 +292,7 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
     assert!(!diverge.join("metrics.json").exists());
     let latest = std::fs::read_to_string(diverge.join("checkpoints/latest")).unwrap();
     assert_eq!(latest.trim(), "epoch-0001");
-    let kept = ppcr(&[
+    let kept = ppcr([
         "eval",
         "--checkpoint",
         diverge.to_str().unwrap(),
@@ -301,10 +301,10 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
     assert_success(&kept);
     assert!(stdout(&kept).contains("accuracy"), "{}", stdout(&kept));
 
-    let output = ppcr(&["train", "--resume"]);
+    let output = ppcr(["train", "--resume"]);
     assert_clean_failure(&output, &["--out"]);
 
-    let output = ppcr(&["predict", "--checkpoint", out, "/no/image.png"]);
+    let output = ppcr(["predict", "--checkpoint", out, "/no/image.png"]);
     assert_clean_failure(&output, &["not a ppcr run folder"]);
 
     // Nothing was left behind by the refused runs but the (empty) output folder.
@@ -319,7 +319,7 @@ fn report_writes_a_page_and_refuses_bad_input_clearly() {
     let compare = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report/compare");
     let compare_arg = compare.to_str().unwrap();
     let page = folder.path().join("report.html");
-    let output = ppcr(&[
+    let output = ppcr([
         "report",
         compare_arg,
         "-o",
@@ -337,7 +337,7 @@ fn report_writes_a_page_and_refuses_bad_input_clearly() {
     let empty = folder.path().join("notes");
     std::fs::create_dir_all(&empty).unwrap();
     std::fs::write(empty.join("readme.txt"), "hello").unwrap();
-    let output = ppcr(&[
+    let output = ppcr([
         "report",
         empty.to_str().unwrap(),
         "-o",
@@ -348,7 +348,7 @@ fn report_writes_a_page_and_refuses_bad_input_clearly() {
         &["notes", "not a run folder", "compare.json", "PNG"],
     );
 
-    let output = ppcr(&["report", "/no/such/folder"]);
+    let output = ppcr(["report", "/no/such/folder"]);
     assert_clean_failure(&output, &["/no/such/folder", "no such folder"]);
 
     // A run folder whose metrics.json is corrupt.
@@ -358,7 +358,7 @@ fn report_writes_a_page_and_refuses_bad_input_clearly() {
         std::fs::copy(compare.join("runs/ppcr-seed0").join(file), run.join(file)).unwrap();
     }
     std::fs::write(run.join("metrics.json"), "{\"best_epoch\": 3,").unwrap();
-    let output = ppcr(&[
+    let output = ppcr([
         "report",
         run.to_str().unwrap(),
         "-o",
@@ -368,14 +368,14 @@ fn report_writes_a_page_and_refuses_bad_input_clearly() {
 
     // An output path that cannot be written: a missing folder, and a folder itself.
     let unwritable = folder.path().join("no-such-folder/report.html");
-    let output = ppcr(&["report", compare_arg, "-o", unwritable.to_str().unwrap()]);
+    let output = ppcr(["report", compare_arg, "-o", unwritable.to_str().unwrap()]);
     assert_clean_failure(
         &output,
         &["no-such-folder/report.html", "cannot write the report"],
     );
-    let output = ppcr(&["report", compare_arg, "-o", folder.path().to_str().unwrap()]);
+    let output = ppcr(["report", compare_arg, "-o", folder.path().to_str().unwrap()]);
     assert_clean_failure(&output, &["cannot write the report", "is a folder"]);
 
-    let output = ppcr(&["report"]);
+    let output = ppcr(["report"]);
     assert_clean_failure(&output, &["FOLDER"]);
 }

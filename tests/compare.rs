@@ -93,7 +93,7 @@ fn sharded_grid_is_collected_and_finished_runs_are_not_retrained() {
     let csv = std::fs::read_to_string(out.join("compare.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3);
 
-    let bad = ppcr(&["compare", "--shard", "2/2", "--out", out_arg]);
+    let bad = ppcr(["compare", "--shard", "2/2", "--out", out_arg]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("2/2"));
 }

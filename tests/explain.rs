@@ -22,7 +22,7 @@ fn explain_writes_overlays_with_colour_bars_and_lists_them() {
         .save(&wide)
         .unwrap();
     let out = folder.path().join("explained");
-    let output = ppcr(&[
+    let output = ppcr([
         "explain",
         "--checkpoint",
         run.to_str().unwrap(),
@@ -196,7 +196,7 @@ fn explain_refuses_bad_input_with_a_clear_error() {
         assert!(!out.exists(), "{args:?} wrote output before failing");
     }
 
-    let output = ppcr(&[
+    let output = ppcr([
         "explain",
         "--checkpoint",
         folder.path().to_str().unwrap(),

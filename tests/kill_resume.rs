@@ -16,25 +16,8 @@ use ppcr::train::{PAUSE_AT_VAR, PAUSE_MARKER_VAR, RunDir, TrainState, load_train
 const EPOCHS: usize = 4;
 
 fn train_args(run: &Path, resume: bool) -> Vec<String> {
-    let data = common::fixtures().join("pbc_mini");
-    let mut args: Vec<String> = [
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--size",
-        "32",
-        "--epochs",
-        &EPOCHS.to_string(),
-        "--batch",
-        "4",
-        "--seed",
-        "11",
-        "--out",
-        run.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = common::tiny_train_args(run, EPOCHS);
+    args.extend(["--seed".into(), "11".into()]);
     if resume {
         args.push("--resume".into());
     }
@@ -127,12 +110,7 @@ fn leftovers(run: &Path) -> Vec<String> {
 fn a_run_killed_at_any_point_resumes_to_the_uninterrupted_weights() {
     let folder = tempfile::tempdir().unwrap();
     let whole = folder.path().join("whole");
-    common::assert_success(&common::ppcr(
-        &train_args(&whole, false)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    ));
+    common::assert_success(&common::ppcr(train_args(&whole, false)));
 
     let run = folder.path().join("killed");
     // Mid-epoch: epoch 2 has taken a step; only epoch 1 is on disk.
@@ -158,12 +136,7 @@ fn a_run_killed_at_any_point_resumes_to_the_uninterrupted_weights() {
     assert_checkpoints_readable(&run);
     assert_eq!(pointer(&run, "latest"), "epoch-0003");
 
-    common::assert_success(&common::ppcr(
-        &train_args(&run, true)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    ));
+    common::assert_success(&common::ppcr(train_args(&run, true)));
     assert_checkpoints_readable(&run);
     assert_eq!(pointer(&run, "latest"), "epoch-0004");
     assert_eq!(leftovers(&run), Vec::<String>::new());

@@ -128,7 +128,7 @@ fn report_renders_in_a_headless_browser() {
 
     let compare = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report/compare");
     let page = dir.path().join("report.html");
-    let output = ppcr(&[
+    let output = ppcr([
         "report",
         run.to_str().unwrap(),
         compare.to_str().unwrap(),

@@ -4,6 +4,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -12,7 +13,7 @@ use burn::tensor::{Device, Tensor};
 use ppcr::train::{RunDir, load_trained_model};
 
 /// Run the `ppcr` binary built for these tests.
-pub fn ppcr(args: &[&str]) -> Output {
+pub fn ppcr<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ppcr"))
         .args(args)
         .output()
@@ -53,13 +54,12 @@ pub fn assert_clean_failure(output: &Output, needles: &[&str]) {
     }
 }
 
-/// Trains a PPCR ResNet-20 on the PBC fixture images at 32 px for `epochs` epochs into
-/// `folder/run`, and returns the run folder.
-pub fn train_tiny(folder: &Path, epochs: usize) -> PathBuf {
-    let run = folder.join("run");
+/// Arguments of `ppcr train` for a PPCR ResNet-20 on the PBC fixture images at 32 px, batch 4,
+/// for `epochs` epochs into `run`.
+pub fn tiny_train_args(run: &Path, epochs: usize) -> Vec<String> {
     let data = fixtures().join("pbc_mini");
     let epochs = epochs.to_string();
-    assert_success(&ppcr(&[
+    [
         "train",
         "--data",
         data.to_str().unwrap(),
@@ -73,7 +73,16 @@ pub fn train_tiny(folder: &Path, epochs: usize) -> PathBuf {
         "ppcr",
         "--out",
         run.to_str().unwrap(),
-    ]));
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Trains a PPCR ResNet-20 on the PBC fixture images at 32 px for `epochs` epochs into
+/// `folder/run`, and returns the run folder.
+pub fn train_tiny(folder: &Path, epochs: usize) -> PathBuf {
+    let run = folder.join("run");
+    assert_success(&ppcr(tiny_train_args(&run, epochs)));
     run
 }
 
