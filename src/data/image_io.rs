@@ -46,6 +46,14 @@ pub(crate) struct LoadedImage {
     pub stored_channels: usize,
 }
 
+/// The error for an image file the loader cannot use, which bad-file policies may skip.
+fn bad_image(path: &Path, reason: String) -> DataError {
+    DataError::BadImage {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
 /// Reads and decodes one image file, then converts it (see [`finish_image`]).
 ///
 /// Every failure is a [`DataError::BadImage`] naming the file, so the caller's bad-file policy
@@ -55,10 +63,7 @@ pub(crate) fn decode_image_file(
     size: Option<usize>,
     channels: Option<usize>,
 ) -> Result<LoadedImage, DataError> {
-    let bad = |reason: String| DataError::BadImage {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| bad_image(path, reason);
     let bytes = std::fs::read(path).map_err(|error| {
         if error.kind() == std::io::ErrorKind::NotFound {
             bad("file not found".to_string())
@@ -77,10 +82,7 @@ pub(crate) fn decode_image_bytes(
     size: Option<usize>,
     channels: Option<usize>,
 ) -> Result<LoadedImage, DataError> {
-    let bad = |reason: String| DataError::BadImage {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| bad_image(path, reason);
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|error| bad(format!("cannot read: {error}")))?;
