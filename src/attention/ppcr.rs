@@ -119,14 +119,14 @@ impl Ppcr {
 
     /// Recalibrate `x`, or explain why its shape does not fit this unit.
     ///
-    /// On the Flex backend (plain or autodiff, `f32`) this runs the fused kernel of
-    /// `ppcr_fused`: one pass over `x` for the group means, one for the product, and a single
-    /// autodiff node whose backward step is hand-written. Elsewhere it falls back to
-    /// [`Ppcr::try_tensor_forward`].
+    /// On the Flex backend (plain or autodiff, `f32`, at most `ppcr_fused::MAX_LEVELS` levels)
+    /// this runs the fused kernel of `ppcr_fused`: one pass over `x` for the group means, one
+    /// for the product, and a single autodiff node whose backward step is hand-written.
+    /// Elsewhere it falls back to [`Ppcr::try_tensor_forward`].
     pub fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         let [_, height, width] = self.check_shape(&x)?;
         let weights = self.weights_for([height, width])?;
-        if ppcr_fused::fused_available(&x, &weights) {
+        if self.levels <= ppcr_fused::MAX_LEVELS && ppcr_fused::fused_available(&x, &weights) {
             return Ok(ppcr_fused::recalibrate(
                 x,
                 weights,

@@ -8,6 +8,12 @@
 //! and its gradient in two passes over `X` and `dY`, registered as a single autodiff node with a
 //! hand-written backward step.
 //!
+//! Between the passes, the per-pixel context (the `K` pyramid maps, their normalization, the
+//! weighted sum and the sigmoid) is computed for 8 pixels at a time with every map in registers:
+//! the coarser maps are built from their two halves, and the pyramid depth is a const parameter
+//! so the arrays have a fixed size. On x86-64 processors with AVX2 the whole kernel runs a
+//! second compilation with 8-wide vectors, chosen at run time; both give the same bits.
+//!
 //! It plugs into burn through the backend-extension API (burn feature `extension`):
 //! [`PpcrOps`] is implemented for `Flex` and for `Autodiff<Flex>`. Other backends (CubeCL, tch)
 //! have no implementation; [`fused_available`] tells the unit when to fall back to its tensor
@@ -26,7 +32,7 @@ use burn::backend::{
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::ppcr::{group_start, pyramid_from_finest, pyramid_maps};
+use super::ppcr::{group_start, pyramid_maps};
 
 /// The fused PPCR recalibration as a backend extension operation.
 ///
@@ -164,8 +170,43 @@ impl Backward<Flex, 2> for RecalibrateBackward {
 /// the product), so a tile of all channels (at most 512 KiB) should stay in cache between the
 /// two reads, while each channel's segment stays long enough (at least 1 KiB) for the hardware
 /// prefetcher to stream it.
+///
+/// Rounded up to whole [`LANES`] chunks: it is also the row length of the tile's scratch, so a
+/// chunk never straddles two rows.
 fn tile_pixels(channels: usize, pixels: usize) -> usize {
-    (131_072 / channels).clamp(256, 4096).min(pixels)
+    (131_072 / channels)
+        .clamp(256, 4096)
+        .min(pixels)
+        .next_multiple_of(LANES)
+}
+
+/// Pixels whose context is computed together, held in registers: one AVX2 vector of `f32`.
+const LANES: usize = 8;
+
+/// The most pyramid levels the fused kernel handles (`2^(L-1)` finest groups, each a register
+/// array); deeper pyramids use the tensor formulation.
+pub const MAX_LEVELS: usize = 7;
+
+/// The weights `[K, P]` with each row followed by [`LANES`] zeros, so the last chunk of a row
+/// reads whole [`LANES`] arrays.
+fn padded_weights(weights: &[f32], maps: usize, pixels: usize) -> Vec<f32> {
+    let stride = pixels + LANES;
+    let mut padded = vec![0.0; maps * stride];
+    for (row, values) in padded.chunks_mut(stride).zip(weights.chunks(pixels)) {
+        row[..pixels].copy_from_slice(values);
+    }
+    padded
+}
+
+/// Values of `X` one rayon task should cover at least: below this, waking a second thread and
+/// splitting the work costs more than it saves (a ResNet-20 stage-3 map, 256 Ki values, ran
+/// fastest on one thread on the 2-core build machine).
+const PARALLEL_GRAIN: usize = 1 << 19;
+
+/// How many items of `item_len` values one rayon task takes, so a task covers at least
+/// [`PARALLEL_GRAIN`] values.
+fn samples_per_task(item_len: usize) -> usize {
+    PARALLEL_GRAIN.div_ceil(item_len.max(1))
 }
 
 /// Samples whose weight gradients are summed into one buffer: a fixed split, independent of the
@@ -192,7 +233,9 @@ struct Pyramid {
     finest_groups: usize,
     group_of_channel: Vec<usize>,
     inverse_group_size: Vec<f32>,
-    map_terms: Vec<Vec<(usize, f32)>>,
+    /// For each map above the finest level (heap order: map `k`'s halves are maps `2k + 1`
+    /// and `2k + 2`), the halves' shares of its channels.
+    child_shares: Vec<[f32; 2]>,
     epsilon: f32,
 }
 
@@ -200,7 +243,6 @@ impl Pyramid {
     fn new(channels: usize, levels: usize, epsilon: f64) -> Self {
         let finest_groups = 1usize << (levels - 1);
         let maps = pyramid_maps(levels);
-        let matrix = pyramid_from_finest(channels, levels);
         let mut group_of_channel = vec![0; channels];
         let inverse_group_size = (0..finest_groups)
             .map(|group| {
@@ -212,12 +254,20 @@ impl Pyramid {
                 1.0 / (end - start) as f32
             })
             .collect();
-        let map_terms = (0..maps)
-            .map(|k| {
-                (0..finest_groups)
-                    .map(|j| (j, matrix[k * finest_groups + j]))
-                    .filter(|(_, weight)| *weight != 0.0)
-                    .collect()
+        // A group of level l splits into exactly groups 2g and 2g + 1 of level l + 1: the
+        // floor(C g / n) boundaries of the coarser level are boundaries of the finer one.
+        let size = |level: usize, group: usize| {
+            let groups = 1 << level;
+            (group_start(channels, groups, group + 1) - group_start(channels, groups, group)) as f32
+        };
+        let child_shares = (0..levels - 1)
+            .flat_map(|level| (0..1usize << level).map(move |group| (level, group)))
+            .map(|(level, group)| {
+                let parent = size(level, group);
+                [
+                    size(level + 1, 2 * group) / parent,
+                    size(level + 1, 2 * group + 1) / parent,
+                ]
             })
             .collect();
         Pyramid {
@@ -225,153 +275,192 @@ impl Pyramid {
             finest_groups,
             group_of_channel,
             inverse_group_size,
-            map_terms,
+            child_shares,
             epsilon: epsilon as f32,
         }
     }
 }
 
-/// Per-tile scratch: finest-group sums `[n, T]`, centred pyramid values `[K, T]` and
-/// per-pixel values `[T]`, laid out pixel-minor so every inner loop runs over pixels.
+type Lanes = [f32; LANES];
+
+/// Reads `LANES` values of `row` from `at`.
+#[inline(always)]
+fn lanes(row: &[f32], at: usize) -> Lanes {
+    row[at..at + LANES].try_into().unwrap()
+}
+
+/// The pyramid of `N` finest groups as register-sized constants for the chunk kernels
+/// (`M = 2N`, one more than the `K = 2N - 1` maps, since `2N - 1` cannot be a const parameter).
+struct PyramidConstants<const N: usize, const M: usize> {
+    inverse_group_size: [f32; N],
+    child_shares: [[f32; 2]; N],
+    inverse_maps: f32,
+    epsilon: f32,
+}
+
+impl<const N: usize, const M: usize> PyramidConstants<N, M> {
+    #[inline(always)]
+    fn new(pyramid: &Pyramid) -> Self {
+        debug_assert_eq!((pyramid.finest_groups, M), (N, 2 * N));
+        let mut inverse_group_size = [0.0; N];
+        inverse_group_size.copy_from_slice(&pyramid.inverse_group_size);
+        let mut child_shares = [[0.0; 2]; N];
+        child_shares[..N - 1].copy_from_slice(&pyramid.child_shares);
+        PyramidConstants {
+            inverse_group_size,
+            child_shares,
+            inverse_maps: 1.0 / (M - 1) as f32,
+            epsilon: pyramid.epsilon,
+        }
+    }
+}
+
+/// The per-pixel context of one chunk of `LANES` pixels.
+struct ChunkContext<const M: usize> {
+    /// Centred pyramid values `d_k = P_k - mean_k P_k`, maps in heap order (the last is unused).
+    centred: [Lanes; M],
+    /// `s = 1 / sqrt(var_k P_k + eps)`.
+    inverse_std: Lanes,
+    /// `Z = s sum_k W_k d_k`.
+    logit: Lanes,
+    /// `A = sigmoid(Z)`.
+    attention: Lanes,
+}
+
+/// The context of the chunk at scratch column `chunk` (finest group sums in `sums`, rows of
+/// `tile`) with the weights at column `at` of `weights` (rows of `weight_stride`): the finest
+/// means, each coarser map from its two halves (heap order: map `k`'s halves are maps `2k + 1`
+/// and `2k + 2`), then mean, variance and the weighted sum, all in registers.
+#[inline(always)]
+fn chunk_context<const N: usize, const M: usize>(
+    constants: &PyramidConstants<N, M>,
+    sums: &[f32],
+    tile: usize,
+    chunk: usize,
+    weights: &[f32],
+    weight_stride: usize,
+    at: usize,
+) -> ChunkContext<M> {
+    let maps = M - 1;
+    let mut map = [[0.0f32; LANES]; M];
+    for group in 0..N {
+        let group_sums = lanes(sums, group * tile + chunk);
+        for lane in 0..LANES {
+            map[N - 1 + group][lane] = group_sums[lane] * constants.inverse_group_size[group];
+        }
+    }
+    for k in (0..N - 1).rev() {
+        let [first, second] = constants.child_shares[k];
+        let (halves_first, halves_second) = (map[2 * k + 1], map[2 * k + 2]);
+        for ((value, a), b) in map[k].iter_mut().zip(halves_first).zip(halves_second) {
+            *value = first * a + second * b;
+        }
+    }
+    let mut mean = [0.0f32; LANES];
+    for values in &map[..maps] {
+        for lane in 0..LANES {
+            mean[lane] += values[lane];
+        }
+    }
+    let (mut variance, mut numerator) = ([0.0f32; LANES], [0.0f32; LANES]);
+    for (k, values) in map[..maps].iter_mut().enumerate() {
+        let w = lanes(weights, k * weight_stride + at);
+        for lane in 0..LANES {
+            // Two-pass variance (centre first), as the literal formulation computes it.
+            let centred = values[lane] - mean[lane] * constants.inverse_maps;
+            values[lane] = centred;
+            variance[lane] += centred * centred;
+            numerator[lane] += w[lane] * centred;
+        }
+    }
+    let mut context = ChunkContext {
+        centred: map,
+        inverse_std: [0.0; LANES],
+        logit: [0.0; LANES],
+        attention: [0.0; LANES],
+    };
+    for lane in 0..LANES {
+        let inverse_std =
+            1.0 / (variance[lane] * constants.inverse_maps + constants.epsilon).sqrt();
+        context.inverse_std[lane] = inverse_std;
+        context.logit[lane] = numerator[lane] * inverse_std;
+        context.attention[lane] = sigmoid(context.logit[lane]);
+    }
+    context
+}
+
+/// `1 / (1 + exp(-z))` with `exp` written out (Cephes' `expf`: round to a power of two, a
+/// degree-6 polynomial on the remainder, about 1 ulp), so the loop over a tile's pixels
+/// vectorises; the library `exp` is a call per pixel. Exact at `z = 0` (a zero-weight unit
+/// scales by exactly 0.5), and NaN stays NaN, so a diverging run is still caught.
+#[inline(always)]
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + exp(-z))
+}
+
+/// See [`sigmoid`]. Inputs are clamped to where `exp` is a normal `f32` (beyond it the sigmoid
+/// is 0 or 1 to `f32` precision anyway).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    // 1.5 * 2^23: adding it rounds to an integer, which lands in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    // ln 2 in two parts, so `n * ln 2` is subtracted without rounding error.
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let polynomial =
+        ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+            + 1.666_666_5e-1)
+            * r
+            + 0.5;
+    let mantissa = polynomial * (r * r) + r + 1.0;
+    let power_of_two = f32::from_bits(
+        (shifted
+            .to_bits()
+            .wrapping_sub(ROUND.to_bits())
+            .wrapping_add(127))
+            << 23,
+    );
+    mantissa * power_of_two
+}
+
+/// Per-tile scratch, laid out pixel-minor with rows of `tile` pixels so every inner loop runs
+/// over pixels: finest group sums `[n, T]`, their gradients `[n, T]`, the attention `[T]` and
+/// its gradient `[T]`.
 struct Scratch {
     sums: Vec<f32>,
-    centred: Vec<f32>,
-    inverse_std: Vec<f32>,
-    logits: Vec<f32>,
+    grad_groups: Vec<f32>,
     attention: Vec<f32>,
+    grad_attention: Vec<f32>,
 }
 
 impl Scratch {
     fn new(pyramid: &Pyramid, tile: usize) -> Self {
         Scratch {
             sums: vec![0.0; pyramid.finest_groups * tile],
-            centred: vec![0.0; pyramid.maps * tile],
-            inverse_std: vec![0.0; tile],
-            logits: vec![0.0; tile],
+            grad_groups: vec![0.0; pyramid.finest_groups * tile],
             attention: vec![0.0; tile],
+            grad_attention: vec![0.0; tile],
         }
     }
 }
 
-/// Pixels of a tile whose per-pixel statistics are computed together: the block's `K` centred
-/// pyramid rows stay in L1 across the several sweeps over them.
-const STATISTICS_BLOCK: usize = 64;
-
-/// Pixels `start..start + len` of the sample, at `offset..offset + len` of the tile's scratch.
-#[derive(Clone, Copy)]
-struct Block {
-    start: usize,
-    offset: usize,
-    len: usize,
-}
-
-/// From the finest group sums of pixels `start..start + len` of `weights` (`[K, P]`), compute
-/// the centred pyramid values, `1/sqrt(var + eps)`, the logits and the attention.
-fn pixel_context(
-    pyramid: &Pyramid,
-    weights: &[f32],
-    pixels: usize,
-    start: usize,
-    len: usize,
-    tile: usize,
-    scratch: &mut Scratch,
-) {
-    for offset in (0..len).step_by(STATISTICS_BLOCK) {
-        let block = Block {
-            start: start + offset,
-            offset,
-            len: STATISTICS_BLOCK.min(len - offset),
-        };
-        pixel_context_block(pyramid, weights, pixels, block, tile, scratch);
-    }
-}
-
-/// [`pixel_context`] on one block of the tile.
-fn pixel_context_block(
-    pyramid: &Pyramid,
-    weights: &[f32],
-    pixels: usize,
-    block: Block,
-    tile: usize,
-    scratch: &mut Scratch,
-) {
-    let Block { start, offset, len } = block;
-    let maps = pyramid.maps;
-    for group in 0..pyramid.finest_groups {
-        let scale = pyramid.inverse_group_size[group];
-        for sum in &mut scratch.sums[group * tile + offset..group * tile + offset + len] {
-            *sum *= scale;
+/// Calls `$kernel::<N, 2N>($args)` for the pyramid's number of finest groups `N`, so the maps
+/// of a chunk are a fixed-size array the compiler keeps in registers.
+macro_rules! for_pyramid_depth {
+    ($groups:expr, $kernel:ident($($arg:expr),* $(,)?)) => {
+        match $groups {
+            1 => $kernel::<1, 2>($($arg),*),
+            2 => $kernel::<2, 4>($($arg),*),
+            4 => $kernel::<4, 8>($($arg),*),
+            8 => $kernel::<8, 16>($($arg),*),
+            16 => $kernel::<16, 32>($($arg),*),
+            32 => $kernel::<32, 64>($($arg),*),
+            64 => $kernel::<64, 128>($($arg),*),
+            groups => unreachable!("ppcr fused: {groups} finest groups exceed MAX_LEVELS"),
         }
-    }
-    let mean = &mut scratch.inverse_std[offset..offset + len];
-    mean.fill(0.0);
-    for (k, terms) in pyramid.map_terms.iter().enumerate() {
-        let map = &mut scratch.centred[k * tile + offset..k * tile + offset + len];
-        map.fill(0.0);
-        for &(group, weight) in terms {
-            let means = &scratch.sums[group * tile + offset..group * tile + offset + len];
-            for (value, group_mean) in map.iter_mut().zip(means) {
-                *value += weight * group_mean;
-            }
-        }
-        for (total, value) in mean.iter_mut().zip(map.iter()) {
-            *total += value;
-        }
-    }
-    let inverse_maps = 1.0 / maps as f32;
-    for total in mean.iter_mut() {
-        *total *= inverse_maps;
-    }
-    // Two-pass variance (centre first), as the literal formulation computes it.
-    let variance = &mut scratch.logits[offset..offset + len];
-    variance.fill(0.0);
-    for k in 0..maps {
-        let map = &mut scratch.centred[k * tile + offset..k * tile + offset + len];
-        for ((value, m), v) in map.iter_mut().zip(mean.iter()).zip(variance.iter_mut()) {
-            *value -= m;
-            *v += *value * *value;
-        }
-    }
-    for (inverse_std, v) in mean.iter_mut().zip(variance.iter()) {
-        *inverse_std = 1.0 / (v * inverse_maps + pyramid.epsilon).sqrt();
-    }
-    let numerator = &mut scratch.attention[offset..offset + len];
-    numerator.fill(0.0);
-    for k in 0..maps {
-        let map = &scratch.centred[k * tile + offset..k * tile + offset + len];
-        let w = &weights[k * pixels + start..k * pixels + start + len];
-        for ((n, value), weight) in numerator.iter_mut().zip(map).zip(w) {
-            *n += weight * value;
-        }
-    }
-    for ((logit, attention), inverse_std) in scratch.logits[offset..offset + len]
-        .iter_mut()
-        .zip(scratch.attention[offset..offset + len].iter_mut())
-        .zip(scratch.inverse_std[offset..offset + len].iter())
-    {
-        *logit = *attention * inverse_std;
-        *attention = 1.0 / (1.0 + (-*logit).exp());
-    }
-}
-
-/// Add channel plane segment `values` (`[C, P]` of one sample, pixels `start..start + len`)
-/// into the finest group sums.
-fn accumulate_group_sums(
-    pyramid: &Pyramid,
-    sample: &[f32],
-    pixels: usize,
-    start: usize,
-    len: usize,
-    tile: usize,
-    sums: &mut [f32],
-) {
-    sums.fill(0.0);
-    for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
-        let plane = &sample[channel * pixels + start..channel * pixels + start + len];
-        for (sum, value) in sums[group * tile..group * tile + len].iter_mut().zip(plane) {
-            *sum += value;
-        }
-    }
+    };
 }
 
 struct Dims {
@@ -391,6 +480,10 @@ fn dims_of(x: &FlexTensor, weights: &FlexTensor, levels: usize) -> Dims {
         "ppcr fused: weights {weight_shape:?} do not fit input {shape:?} with {levels} levels"
     );
     assert!(
+        (1..=MAX_LEVELS).contains(&levels),
+        "ppcr fused: {levels} levels are outside 1..={MAX_LEVELS}"
+    );
+    assert!(
         channels >= 1 << (levels - 1),
         "ppcr fused: {channels} channels are too few for {levels} levels"
     );
@@ -398,6 +491,149 @@ fn dims_of(x: &FlexTensor, weights: &FlexTensor, levels: usize) -> Dims {
         batch,
         channels,
         pixels,
+    }
+}
+
+/// Defines `$name`, which runs `$generic` compiled for AVX2 and FMA when the processor has them
+/// and as built (SSE2 on x86-64) otherwise. `$generic` and everything it calls in its inner loops
+/// are `#[inline(always)]`, so the whole kernel is compiled again with 8-wide vectors. No `mul_add`
+/// is written and Rust never contracts `a * b + c` on its own, so both versions give the same
+/// bits: results do not depend on the processor.
+macro_rules! dispatch_vector_width {
+    ($(#[$meta:meta])* fn $name:ident => $generic:ident ($($arg:ident : $ty:ty),* $(,)?)) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn wide($($arg: $ty),*) {
+                    $generic($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the processor has the features `wide` is compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+
+/// Hands a fully written `MaybeUninit` buffer over as initialised values.
+///
+/// # Safety
+/// Every element of `values` must have been written.
+unsafe fn assume_written(mut values: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
+    let (pointer, len, capacity) = (values.as_mut_ptr(), values.len(), values.capacity());
+    std::mem::forget(values);
+    // SAFETY: same allocation, layout and length; `MaybeUninit<f32>` has `f32`'s layout and the
+    // caller guarantees every element is initialised.
+    unsafe { Vec::from_raw_parts(pointer.cast::<f32>(), len, capacity) }
+}
+
+/// An output buffer of `len` values that the kernel writes in full: not zeroed first, which
+/// would be one more pass over a feature-map-sized buffer.
+fn unwritten(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
+    let mut values = Vec::with_capacity(len);
+    // SAFETY: `MaybeUninit` needs no initialisation; capacity is `len`.
+    unsafe { values.set_len(len) };
+    values
+}
+
+dispatch_vector_width! {
+    /// `out = sample * A` for one sample (`[C, P]`), tile by tile.
+    fn forward_sample => forward_sample_any_depth(
+        inputs: &KernelInputs,
+        sample: &[f32],
+        out: &mut [std::mem::MaybeUninit<f32>],
+        scratch: &mut Scratch,
+    )
+}
+
+/// What every task of one call reads: the pyramid, the weights (rows padded, see
+/// [`padded_weights`]) with their per-pixel mean (padded likewise; backward only), and the
+/// sizes.
+struct KernelInputs<'a> {
+    pyramid: &'a Pyramid,
+    weights: &'a [f32],
+    weight_means: &'a [f32],
+    pixels: usize,
+    tile: usize,
+}
+
+impl KernelInputs<'_> {
+    /// Row length of the padded weights, weight means and weight gradients.
+    fn weight_stride(&self) -> usize {
+        self.pixels + LANES
+    }
+}
+
+#[inline(always)]
+fn forward_sample_any_depth(
+    inputs: &KernelInputs,
+    sample: &[f32],
+    out: &mut [std::mem::MaybeUninit<f32>],
+    scratch: &mut Scratch,
+) {
+    for_pyramid_depth!(
+        inputs.pyramid.finest_groups,
+        forward_sample_generic(inputs, sample, out, scratch)
+    )
+}
+
+#[inline(always)]
+fn forward_sample_generic<const N: usize, const M: usize>(
+    inputs: &KernelInputs,
+    sample: &[f32],
+    out: &mut [std::mem::MaybeUninit<f32>],
+    scratch: &mut Scratch,
+) {
+    let KernelInputs {
+        pyramid,
+        weights,
+        pixels,
+        tile,
+        ..
+    } = *inputs;
+    let constants = PyramidConstants::<N, M>::new(pyramid);
+    let weight_stride = inputs.weight_stride();
+    for start in (0..pixels).step_by(tile) {
+        let len = tile.min(pixels - start);
+        scratch.sums.fill(0.0);
+        for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
+            let plane = &sample[channel * pixels + start..channel * pixels + start + len];
+            for (sum, value) in scratch.sums[group * tile..group * tile + len]
+                .iter_mut()
+                .zip(plane)
+            {
+                *sum += value;
+            }
+        }
+        for chunk in (0..len).step_by(LANES) {
+            let context = chunk_context(
+                &constants,
+                &scratch.sums,
+                tile,
+                chunk,
+                weights,
+                weight_stride,
+                start + chunk,
+            );
+            scratch.attention[chunk..chunk + LANES].copy_from_slice(&context.attention);
+        }
+        let attention = &scratch.attention[..len];
+        for channel in 0..pyramid.group_of_channel.len() {
+            let range = channel * pixels + start..channel * pixels + start + len;
+            for ((y, x), a) in out[range.clone()]
+                .iter_mut()
+                .zip(&sample[range])
+                .zip(attention)
+            {
+                y.write(x * a);
+            }
+        }
     }
 }
 
@@ -410,42 +646,169 @@ fn forward(x: &FlexTensor, weights: &FlexTensor, levels: usize, epsilon: f64) ->
     } = dims_of(x, weights, levels);
     let shape = x.shape();
     let values = contiguous_values(x);
-    let weights = contiguous_values(weights);
     let pyramid = Pyramid::new(channels, levels, epsilon);
+    let weights = padded_weights(&contiguous_values(weights), pyramid.maps, pixels);
     let tile = tile_pixels(channels, pixels);
+    let inputs = KernelInputs {
+        pyramid: &pyramid,
+        weights: &weights,
+        weight_means: &[],
+        pixels,
+        tile,
+    };
     let sample_len = channels * pixels;
-    let mut output = vec![0.0f32; batch * sample_len];
+    let mut output = unwritten(batch * sample_len);
     output
         .par_chunks_mut(sample_len.max(1))
         .zip(values.par_chunks(sample_len.max(1)))
-        .for_each(|(out, sample)| {
-            let mut scratch = Scratch::new(&pyramid, tile);
-            for start in (0..pixels).step_by(tile) {
-                let len = tile.min(pixels - start);
-                accumulate_group_sums(
-                    &pyramid,
-                    sample,
-                    pixels,
-                    start,
-                    len,
-                    tile,
-                    &mut scratch.sums,
-                );
-                pixel_context(&pyramid, &weights, pixels, start, len, tile, &mut scratch);
-                let attention = &scratch.attention[..len];
-                for channel in 0..channels {
-                    let range = channel * pixels + start..channel * pixels + start + len;
-                    for ((y, x), a) in out[range.clone()]
-                        .iter_mut()
-                        .zip(&sample[range])
-                        .zip(attention)
-                    {
-                        *y = x * a;
-                    }
+        .with_min_len(samples_per_task(sample_len))
+        .for_each_init(
+            || Scratch::new(&pyramid, tile),
+            |scratch, (out, sample)| forward_sample(&inputs, sample, out, scratch),
+        );
+    // SAFETY: `forward_sample` writes every channel of every pixel of its sample.
+    flex_tensor(unsafe { assume_written(output) }, shape)
+}
+
+dispatch_vector_width! {
+    /// The backward step for the samples of one split: `dx` for each, and their weight
+    /// gradients summed in sample order into `dw` (rows padded like the weights).
+    fn backward_split => backward_split_any_depth(
+        inputs: &KernelInputs,
+        x_split: &[f32],
+        dy_split: &[f32],
+        dx_split: &mut [std::mem::MaybeUninit<f32>],
+        dw: &mut [f32],
+    )
+}
+
+#[inline(always)]
+fn backward_split_any_depth(
+    inputs: &KernelInputs,
+    x_split: &[f32],
+    dy_split: &[f32],
+    dx_split: &mut [std::mem::MaybeUninit<f32>],
+    dw: &mut [f32],
+) {
+    for_pyramid_depth!(
+        inputs.pyramid.finest_groups,
+        backward_split_generic(inputs, x_split, dy_split, dx_split, dw)
+    )
+}
+
+#[inline(always)]
+fn backward_split_generic<const N: usize, const M: usize>(
+    inputs: &KernelInputs,
+    x_split: &[f32],
+    dy_split: &[f32],
+    dx_split: &mut [std::mem::MaybeUninit<f32>],
+    dw: &mut [f32],
+) {
+    let KernelInputs {
+        pyramid,
+        weights,
+        weight_means,
+        pixels,
+        tile,
+    } = *inputs;
+    let constants = PyramidConstants::<N, M>::new(pyramid);
+    let (maps, weight_stride) = (M - 1, inputs.weight_stride());
+    let sample_len = pyramid.group_of_channel.len() * pixels;
+    let mut scratch = Scratch::new(pyramid, tile);
+    let samples = dx_split
+        .chunks_mut(sample_len.max(1))
+        .zip(x_split.chunks(sample_len.max(1)))
+        .zip(dy_split.chunks(sample_len.max(1)));
+    for ((dx, sample), dy) in samples {
+        for start in (0..pixels).step_by(tile) {
+            let len = tile.min(pixels - start);
+            // One sweep over the tile's channels for both the group sums and dA = sum_c dY X.
+            scratch.sums.fill(0.0);
+            scratch.grad_attention.fill(0.0);
+            for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
+                let range = channel * pixels + start..channel * pixels + start + len;
+                let sums = &mut scratch.sums[group * tile..group * tile + len];
+                for (((sum, grad_a), x), d) in sums
+                    .iter_mut()
+                    .zip(&mut scratch.grad_attention[..len])
+                    .zip(&sample[range.clone()])
+                    .zip(&dy[range])
+                {
+                    *sum += x;
+                    *grad_a += x * d;
                 }
             }
-        });
-    flex_tensor(output, shape)
+            for chunk in (0..len).step_by(LANES) {
+                let at = start + chunk;
+                let context = chunk_context(
+                    &constants,
+                    &scratch.sums,
+                    tile,
+                    chunk,
+                    weights,
+                    weight_stride,
+                    at,
+                );
+                let ChunkContext {
+                    centred,
+                    inverse_std,
+                    logit,
+                    attention,
+                } = context;
+                let grad_attention = lanes(&scratch.grad_attention, chunk);
+                // dZ, scaled by s: every later term carries the factor s dZ.
+                let mut grad_logit = [0.0f32; LANES];
+                for lane in 0..LANES {
+                    let a = attention[lane];
+                    grad_logit[lane] = grad_attention[lane] * a * (1.0 - a) * inverse_std[lane];
+                }
+                let weight_mean = lanes(weight_means, at);
+                let mut grad_map = [[0.0f32; LANES]; M];
+                for k in 0..maps {
+                    let w = lanes(weights, k * weight_stride + at);
+                    let dw_k = &mut dw[k * weight_stride + at..k * weight_stride + at + LANES];
+                    for lane in 0..LANES {
+                        let (gz, d) = (grad_logit[lane], centred[k][lane]);
+                        // dZ Phat_k = (s dZ) d_k.
+                        dw_k[lane] += gz * d;
+                        grad_map[k][lane] = gz
+                            * (w[lane]
+                                - weight_mean[lane]
+                                - d * inverse_std[lane] * logit[lane] * constants.inverse_maps);
+                    }
+                }
+                // Back through the pyramid: each map's gradient goes to its two halves.
+                for k in 0..N - 1 {
+                    let [first, second] = constants.child_shares[k];
+                    let parent = grad_map[k];
+                    for (lane, parent) in parent.iter().enumerate() {
+                        grad_map[2 * k + 1][lane] += first * parent;
+                        grad_map[2 * k + 2][lane] += second * parent;
+                    }
+                }
+                for group in 0..N {
+                    let row = group * tile + chunk;
+                    for (lane, g) in scratch.grad_groups[row..row + LANES].iter_mut().enumerate() {
+                        *g = grad_map[N - 1 + group][lane] * constants.inverse_group_size[group];
+                    }
+                }
+                scratch.attention[chunk..chunk + LANES].copy_from_slice(&attention);
+            }
+            let attention = &scratch.attention[..len];
+            for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
+                let range = channel * pixels + start..channel * pixels + start + len;
+                let group_grad = &scratch.grad_groups[group * tile..group * tile + len];
+                for (((out, d), a), g) in dx[range.clone()]
+                    .iter_mut()
+                    .zip(&dy[range])
+                    .zip(attention)
+                    .zip(group_grad)
+                {
+                    out.write(d * a + g);
+                }
+            }
+        }
+    }
 }
 
 /// Gradients of `sum(dY * Y)` with respect to `x` and `weights`.
@@ -477,124 +840,46 @@ fn backward(
     let weight_means: Vec<f32> = (0..pixels)
         .map(|p| (0..maps).map(|k| weights[k * pixels + p]).sum::<f32>() / maps as f32)
         .collect();
-    let tile = tile_pixels(channels, pixels);
+    let inputs = KernelInputs {
+        pyramid: &pyramid,
+        weights: &padded_weights(&weights, maps, pixels),
+        weight_means: &padded_weights(&weight_means, 1, pixels),
+        pixels,
+        tile: tile_pixels(channels, pixels),
+    };
     let sample_len = channels * pixels;
-    let mut grad_x = vec![0.0f32; batch * sample_len];
+    let mut grad_x = unwritten(batch * sample_len);
     // Each split of the batch sums its samples' weight gradients in sample order into its own
     // buffer; the buffers are then summed in split order, so the result does not depend on how
     // rayon schedules the work, and only a few `[K, P]` buffers exist at once.
     let samples_per_split = batch.div_ceil(WEIGHT_GRADIENT_SPLITS).max(1);
     let splits = batch.div_ceil(samples_per_split);
-    let weight_len = maps * pixels;
-    let mut grad_weights_per_split = vec![0.0f32; splits * weight_len];
+    let padded_len = maps * inputs.weight_stride();
+    let mut grad_weights_per_split = vec![0.0f32; splits * padded_len];
+    let split_len = (samples_per_split * sample_len).max(1);
     grad_x
-        .par_chunks_mut((samples_per_split * sample_len).max(1))
-        .zip(grad_weights_per_split.par_chunks_mut(weight_len.max(1)))
-        .zip(values.par_chunks((samples_per_split * sample_len).max(1)))
-        .zip(grad_values.par_chunks((samples_per_split * sample_len).max(1)))
+        .par_chunks_mut(split_len)
+        .zip(grad_weights_per_split.par_chunks_mut(padded_len.max(1)))
+        .zip(values.par_chunks(split_len))
+        .zip(grad_values.par_chunks(split_len))
+        .with_min_len(samples_per_task(split_len))
         .for_each(|(((dx_split, dw), x_split), dy_split)| {
-            let mut scratch = Scratch::new(&pyramid, tile);
-            let mut grad_attention = vec![0.0f32; tile];
-            let mut grad_groups = vec![0.0f32; pyramid.finest_groups * tile];
-            let mut grad_map = vec![0.0f32; tile];
-            let mut grad_logit = vec![0.0f32; tile];
-            let samples = dx_split
-                .chunks_mut(sample_len.max(1))
-                .zip(x_split.chunks(sample_len.max(1)))
-                .zip(dy_split.chunks(sample_len.max(1)));
-            for ((dx, sample), dy) in samples {
-                for start in (0..pixels).step_by(tile) {
-                    let len = tile.min(pixels - start);
-                    accumulate_group_sums(
-                        &pyramid,
-                        sample,
-                        pixels,
-                        start,
-                        len,
-                        tile,
-                        &mut scratch.sums,
-                    );
-                    let grad_a = &mut grad_attention[..len];
-                    grad_a.fill(0.0);
-                    for channel in 0..channels {
-                        let range = channel * pixels + start..channel * pixels + start + len;
-                        for ((g, x), d) in grad_a
-                            .iter_mut()
-                            .zip(&sample[range.clone()])
-                            .zip(&dy[range])
-                        {
-                            *g += x * d;
-                        }
-                    }
-                    pixel_context(&pyramid, &weights, pixels, start, len, tile, &mut scratch);
-                    // dZ, scaled by s: every later term carries the factor s dZ.
-                    for (((gz, ga), a), s) in grad_logit[..len]
-                        .iter_mut()
-                        .zip(grad_a.iter())
-                        .zip(&scratch.attention[..len])
-                        .zip(&scratch.inverse_std[..len])
-                    {
-                        *gz = ga * a * (1.0 - a) * s;
-                    }
-                    grad_groups.fill(0.0);
-                    let inverse_maps = 1.0 / maps as f32;
-                    for (k, terms) in pyramid.map_terms.iter().enumerate() {
-                        let centred = &scratch.centred[k * tile..k * tile + len];
-                        let w = &weights[k * pixels + start..k * pixels + start + len];
-                        let dw_k = &mut dw[k * pixels + start..k * pixels + start + len];
-                        let per_pixel = dw_k
-                            .iter_mut()
-                            .zip(&mut grad_map[..len])
-                            .zip(&grad_logit[..len])
-                            .zip(centred)
-                            .zip(w)
-                            .zip(&weight_means[start..start + len])
-                            .zip(&scratch.inverse_std[..len])
-                            .zip(&scratch.logits[..len]);
-                        for (((((((dw, gm), gz), d), w), w_mean), s), z) in per_pixel {
-                            // dZ Phat_k = (s dZ) d_k.
-                            *dw += gz * d;
-                            *gm = gz * (w - w_mean - d * s * z * inverse_maps);
-                        }
-                        for &(group, weight) in terms {
-                            for (g, d) in grad_groups[group * tile..group * tile + len]
-                                .iter_mut()
-                                .zip(&grad_map[..len])
-                            {
-                                *g += weight * d;
-                            }
-                        }
-                    }
-                    for group in 0..pyramid.finest_groups {
-                        let scale = pyramid.inverse_group_size[group];
-                        for g in &mut grad_groups[group * tile..group * tile + len] {
-                            *g *= scale;
-                        }
-                    }
-                    let attention = &scratch.attention[..len];
-                    for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
-                        let range = channel * pixels + start..channel * pixels + start + len;
-                        let group_grad = &grad_groups[group * tile..group * tile + len];
-                        for (((out, d), a), g) in dx[range.clone()]
-                            .iter_mut()
-                            .zip(&dy[range])
-                            .zip(attention)
-                            .zip(group_grad)
-                        {
-                            *out = d * a + g;
-                        }
-                    }
-                }
-            }
+            backward_split(&inputs, x_split, dy_split, dx_split, dw);
         });
-    let mut grad_weights = vec![0.0f32; weight_len];
-    for sample in grad_weights_per_split.chunks(weight_len.max(1)) {
-        for (total, value) in grad_weights.iter_mut().zip(sample) {
-            *total += value;
+    let mut grad_weights = vec![0.0f32; maps * pixels];
+    for split in grad_weights_per_split.chunks(padded_len.max(1)) {
+        for (total, padded_row) in grad_weights
+            .chunks_mut(pixels.max(1))
+            .zip(split.chunks(inputs.weight_stride()))
+        {
+            for (sum, value) in total.iter_mut().zip(padded_row) {
+                *sum += value;
+            }
         }
     }
     (
-        flex_tensor(grad_x, x_shape),
+        // SAFETY: `backward_split` writes every channel of every pixel of its samples.
+        flex_tensor(unsafe { assume_written(grad_x) }, x_shape),
         flex_tensor(grad_weights, weight_shape),
     )
 }
@@ -637,6 +922,32 @@ mod tests {
 
     fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
         tensor.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn the_written_out_exp_is_within_two_ulp_of_the_library_exp() {
+        let mut worst = 0.0f32;
+        for step in -86_990..=87_990 {
+            let x = step as f32 * 1e-3;
+            let (ours, library) = (exp(x), x.exp());
+            worst = worst.max(((ours - library) / library).abs());
+        }
+        assert!(worst <= 2.0 * f32::EPSILON, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn the_sigmoid_is_exact_at_zero_saturates_and_keeps_nan() {
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert_eq!(sigmoid(200.0), 1.0);
+        assert!(sigmoid(-200.0) >= 0.0 && sigmoid(-200.0) < 1e-37);
+        assert!(sigmoid(f32::NAN).is_nan());
+        for z in [-20.0f32, -3.5, -0.25, 0.1, 2.0, 15.0] {
+            let library = 1.0 / (1.0 + (-z).exp());
+            assert!(
+                (sigmoid(z) - library).abs() <= 2.0 * f32::EPSILON * library,
+                "{z}"
+            );
+        }
     }
 
     #[test]
@@ -747,6 +1058,19 @@ mod tests {
         let grads = ppcr.forward(x).sum().backward();
         let grad = ppcr.pixel_context_weights.val().grad(&grads).unwrap();
         assert!(values(grad).iter().any(|g| *g != 0.0));
+    }
+
+    #[test]
+    fn a_pyramid_deeper_than_the_kernel_handles_uses_the_tensor_formulation() {
+        let device = device();
+        let levels = MAX_LEVELS + 1;
+        let channels = 1 << (levels - 1);
+        let ppcr = unit(channels, [2, 2], levels, 4, &device);
+        let x = random_tensor([1, channels, 2, 2], 7, &device);
+        assert_eq!(
+            values(ppcr.forward(x.clone())),
+            values(ppcr.try_tensor_forward(x).unwrap())
+        );
     }
 
     #[test]
