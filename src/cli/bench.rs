@@ -74,7 +74,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 args.runs
             );
             println!(
-                "{:<22} {:>18} {:>9} {:>9} {:>7} {:>11} {:>7} {:>10}",
+                "{:<22} {:>18} {:>9} {:>9} {:>7} {:>11} {:>7} {:>12} {:>8} {:>10}",
                 "where",
                 "shape",
                 "copy ms",
@@ -82,11 +82,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 "fwd/cp",
                 "fwd+bwd ms",
                 "f+b/cp",
+                "cp f+b ms",
+                "f+b/cpfb",
                 "literal/fwd"
             );
             for r in &results {
                 println!(
-                    "{:<22} {:>18} {:>9.3} {:>9.3} {:>7.2} {:>11.3} {:>7.2} {:>10.2}",
+                    "{:<22} {:>18} {:>9.3} {:>9.3} {:>7.2} {:>11.3} {:>7.2} {:>12.3} {:>8.2} {:>10.2}",
                     r.shape.label,
                     format!("{:?}", r.shape.shape),
                     r.copy.median_ms,
@@ -94,6 +96,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     r.forward_ratio(),
                     r.forward_backward.median_ms,
                     r.forward_backward_ratio(),
+                    r.copy_forward_backward.median_ms,
+                    r.forward_backward_harness_ratio(),
                     r.reference_forward.median_ms / r.forward.median_ms
                 );
             }
@@ -103,7 +107,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .iter()
             .map(|r| {
                 json!({"bench": r, "forward_ratio": r.forward_ratio(),
-                       "forward_backward_ratio": r.forward_backward_ratio()})
+                       "forward_backward_ratio": r.forward_backward_ratio(),
+                       "forward_backward_harness_ratio": r.forward_backward_harness_ratio()})
             })
             .collect();
         report.insert("unit".into(), json!(rows));

@@ -8,7 +8,7 @@ use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
 
-use super::timing::{Timing, time_median};
+use super::timing::{Timing, median, time_median};
 use crate::attention::{AttentionConfig, AttentionKind, PpcrConfig};
 use crate::models::{Backbone, ResNetConfig};
 use crate::params::count_trainable;
@@ -34,9 +34,10 @@ pub struct UnitBench {
     /// PPCR forward in the literal formulation (all `K` maps materialised), the reference the
     /// factorised forward is tested against.
     pub reference_forward: Timing,
-    /// PPCR forward and backward (`sum(y).backward()`).
+    /// PPCR forward and backward (`y.backward()`: the gradient of `sum(y)`, seeded as ones of
+    /// `y`'s shape without timing a reduction and its broadcast).
     pub forward_backward: Timing,
-    /// Copy forward and backward (`sum(x * 1).backward()`), the same harness around a copy.
+    /// Copy forward and backward (`(x * 1).backward()`), the same harness around a copy.
     pub copy_forward_backward: Timing,
 }
 
@@ -48,6 +49,11 @@ impl UnitBench {
     /// PPCR forward+backward time / copy time.
     pub fn forward_backward_ratio(&self) -> f64 {
         self.forward_backward.median_ms / self.copy.median_ms
+    }
+    /// PPCR forward+backward time / copy forward+backward time: both under the same autodiff
+    /// harness (gradient seed, fresh gradient buffers), which the plain copy does not pay.
+    pub fn forward_backward_harness_ratio(&self) -> f64 {
+        self.forward_backward.median_ms / self.copy_forward_backward.median_ms
     }
 }
 
@@ -128,12 +134,12 @@ pub fn unit_bench(
             let ppcr_train = make_ppcr(&autodiff);
             let x_train = Tensor::<4>::from_data(x.to_data(), &autodiff).require_grad();
             let forward_backward = time_median(warmup, runs, || {
-                let grads = ppcr_train.forward(x_train.clone()).sum().backward();
+                let grads = ppcr_train.forward(x_train.clone()).backward();
                 sync(&autodiff);
                 drop(grads);
             });
             let copy_forward_backward = time_median(warmup, runs, || {
-                let grads = x_train.clone().mul_scalar(1.0).sum().backward();
+                let grads = x_train.clone().mul_scalar(1.0).backward();
                 sync(&autodiff);
                 drop(grads);
             });
@@ -181,8 +187,13 @@ pub struct NetworkBench {
     pub inference_ratio: f64,
 }
 
-/// Time a training step and an inference pass of `case` with every unit in `units` (the plain
-/// network is always measured first, as the ratios' denominator).
+/// Time a training step and an inference pass of `case` with every unit in `units` and without
+/// attention.
+///
+/// The networks take turns: each timed round runs one step of every network, starting at a
+/// different one each round, so a machine that slows down or speeds up during the benchmark
+/// moves all of them alike. A ratio is the median over rounds of the unit's time over the plain
+/// network's time in the same round.
 pub fn network_bench(
     case: &NetworkCase,
     units: &[AttentionKind],
@@ -199,51 +210,81 @@ pub fn network_bench(
         device,
     );
     let labels: Vec<i64> = (0..case.batch as i64).map(|i| i % 10).collect();
-    let mut results: Vec<NetworkBench> = Vec::new();
-    for kind in kinds {
-        autodiff.seed(0);
-        let config = ResNetConfig::new(case.backbone, AttentionConfig::new(kind), 10)
-            .with_in_channels(case.channels)
-            .with_input_size(case.input);
-        let mut model = config
-            .init(&autodiff)
-            .expect("benchmark configurations are valid");
-        let params = count_trainable(&model);
-        let mut optimizer = SgdConfig::new().init();
-        let loss_fn = CrossEntropyLossConfig::new().init(&autodiff);
-        let train_images = Tensor::<4>::from_data(images.to_data(), &autodiff);
-        let targets =
-            Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [case.batch]), &autodiff);
-        let train_step = time_median(warmup, runs, || {
-            let loss = loss_fn.forward(model.forward(train_images.clone()), targets.clone());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(0.01, model.clone(), grads);
-            sync(&autodiff);
-        });
-        let inference_model = model.valid();
-        let inference = time_median(warmup, runs, || {
-            let logits = inference_model.forward(images.clone());
-            sync(device);
-            drop(logits);
-        });
-        let (train_ratio, inference_ratio) = match results.first() {
-            Some(plain) => (
-                train_step.median_ms / plain.train_step.median_ms,
-                inference.median_ms / plain.inference.median_ms,
-            ),
-            None => (1.0, 1.0),
-        };
-        results.push(NetworkBench {
+    let loss_fn = CrossEntropyLossConfig::new().init(&autodiff);
+    let train_images = Tensor::<4>::from_data(images.to_data(), &autodiff);
+    let targets =
+        Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [case.batch]), &autodiff);
+    let mut networks: Vec<_> = kinds
+        .iter()
+        .map(|&kind| {
+            autodiff.seed(0);
+            let config = ResNetConfig::new(case.backbone, AttentionConfig::new(kind), 10)
+                .with_in_channels(case.channels)
+                .with_input_size(case.input);
+            let model = config
+                .init(&autodiff)
+                .expect("benchmark configurations are valid");
+            (model, SgdConfig::new().init())
+        })
+        .collect();
+    let params: Vec<usize> = networks
+        .iter()
+        .map(|(model, _)| count_trainable(model))
+        .collect();
+    let train_step = round_robin(networks.len(), warmup, runs, |index| {
+        let (model, optimizer) = &mut networks[index];
+        let loss = loss_fn.forward(model.forward(train_images.clone()), targets.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &*model);
+        *model = optimizer.step(0.01, model.clone(), grads);
+        sync(&autodiff);
+    });
+    let inference_models: Vec<_> = networks.iter().map(|(model, _)| model.valid()).collect();
+    let inference = round_robin(inference_models.len(), warmup, runs, |index| {
+        let logits = inference_models[index].forward(images.clone());
+        sync(device);
+        drop(logits);
+    });
+    kinds
+        .into_iter()
+        .enumerate()
+        .map(|(index, attention)| NetworkBench {
             case: case.clone(),
-            attention: kind,
-            params,
-            train_step,
-            inference,
-            train_ratio,
-            inference_ratio,
-        });
+            attention,
+            params: params[index],
+            train_step: Timing::from_samples(&train_step[index]),
+            inference: Timing::from_samples(&inference[index]),
+            train_ratio: median_ratio(&train_step[index], &train_step[0]),
+            inference_ratio: median_ratio(&inference[index], &inference[0]),
+        })
+        .collect()
+}
+
+/// Milliseconds of `runs` timed rounds (after `warmup` untimed ones) of `operation` on each of
+/// `count` contenders, one call each per round, the round's first contender rotating.
+fn round_robin(
+    count: usize,
+    warmup: usize,
+    runs: usize,
+    mut operation: impl FnMut(usize),
+) -> Vec<Vec<f64>> {
+    let mut samples = vec![Vec::with_capacity(runs); count];
+    for round in 0..warmup + runs.max(1) {
+        for turn in 0..count {
+            let index = (round + turn) % count;
+            let started = std::time::Instant::now();
+            operation(index);
+            if round >= warmup {
+                samples[index].push(started.elapsed().as_secs_f64() * 1e3);
+            }
+        }
     }
-    results
+    samples
+}
+
+/// Median over rounds of `times[r] / baseline[r]`.
+fn median_ratio(times: &[f64], baseline: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = times.iter().zip(baseline).map(|(t, b)| t / b).collect();
+    median(&mut ratios)
 }
 
 /// Training throughput of the default `ppcr train` model.

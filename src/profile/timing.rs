@@ -28,27 +28,35 @@ pub fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+impl Timing {
+    /// Median and spread of non-empty millisecond `samples`.
+    pub fn from_samples(samples: &[f64]) -> Timing {
+        let mut sorted = samples.to_vec();
+        let min_ms = sorted.iter().copied().fold(f64::INFINITY, f64::min);
+        let max_ms = sorted.iter().copied().fold(0.0, f64::max);
+        Timing {
+            median_ms: median(&mut sorted),
+            min_ms,
+            max_ms,
+            runs: samples.len(),
+        }
+    }
+}
+
 /// Time `operation` `runs` times after `warmup` untimed runs. The operation must finish its work
 /// before returning (sync the device).
 pub fn time_median(warmup: usize, runs: usize, mut operation: impl FnMut()) -> Timing {
     for _ in 0..warmup {
         operation();
     }
-    let mut samples: Vec<f64> = (0..runs.max(1))
+    let samples: Vec<f64> = (0..runs.max(1))
         .map(|_| {
             let started = Instant::now();
             operation();
             started.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    let min_ms = samples.iter().copied().fold(f64::INFINITY, f64::min);
-    let max_ms = samples.iter().copied().fold(0.0, f64::max);
-    Timing {
-        median_ms: median(&mut samples),
-        min_ms,
-        max_ms,
-        runs: samples.len(),
-    }
+    Timing::from_samples(&samples)
 }
 
 #[cfg(test)]
