@@ -127,15 +127,43 @@ impl DeviceSpec {
         Ok(spec)
     }
 
-    /// Open the device, or say which Cargo feature the build lacks.
+    /// Open the device, or say which Cargo feature the build lacks; a GPU device is tried out
+    /// first (see [`usable`]).
     pub fn open(self) -> anyhow::Result<Device> {
         match self {
             DeviceSpec::Cpu => Ok(Device::flex()),
-            DeviceSpec::Cuda(index) => cuda(index),
-            DeviceSpec::Wgpu(adapter) => wgpu(adapter),
-            DeviceSpec::Tch(index) => tch(index),
+            DeviceSpec::Cuda(index) => usable(self, cuda(index)?),
+            DeviceSpec::Wgpu(adapter) => usable(self, wgpu(adapter)?),
+            DeviceSpec::Tch(index) => usable(self, tch(index)?),
         }
     }
+}
+
+/// `device` once a small computation on it has come back, or a clean error naming the device
+/// and the backend's own reason. Without this, a missing driver library (no `libcuda.so`, no
+/// Vulkan driver) or an index past the last GPU surfaces as panics on the backend's device
+/// threads in the middle of the first training step.
+#[allow(dead_code)] // Unused in a build without GPU features.
+fn usable(spec: DeviceSpec, device: Device) -> anyhow::Result<Device> {
+    use burn::tensor::Tensor;
+    let (outcome, panics) = super::panic_hook::quietly(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Tensor::<1>::from_floats([1.0, 2.0], &device)
+                .sum()
+                .try_into_data()
+                .map_err(|error| error.to_string())
+        }))
+    });
+    let reason = match outcome {
+        Ok(Ok(_)) => return Ok(device),
+        Ok(Err(error)) => panics.into_iter().next().unwrap_or(error),
+        Err(_) => panics
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "the backend failed".into()),
+    };
+    let reason = reason.lines().next().unwrap_or_default().to_string();
+    anyhow::bail!("cannot use device {spec}: {reason}")
 }
 
 /// The error for a backend this build was compiled without.
