@@ -1061,6 +1061,57 @@ mod tests {
     }
 
     #[test]
+    fn the_wide_compilation_gives_the_same_bits_as_the_baseline_one() {
+        // On a processor with AVX2, `forward_sample` and `backward_split` run the 8-wide
+        // compilation; the `_any_depth` functions called directly are the baseline one.
+        for (batch, channels, size, levels) in SHAPES {
+            let pixels = size[0] * size[1];
+            let sample_len = channels * pixels;
+            let pyramid = Pyramid::new(channels, levels, 1e-5);
+            let maps = pyramid.maps;
+            let x = crate::attention::testing::seeded_values(batch * sample_len, 1);
+            let dy = crate::attention::testing::seeded_values(batch * sample_len, 2);
+            let w = crate::attention::testing::seeded_values(maps * pixels, 3);
+            let inputs = KernelInputs {
+                pyramid: &pyramid,
+                weights: &padded_weights(&w, maps, pixels),
+                weight_means: &padded_weights(&w[..pixels], 1, pixels),
+                pixels,
+                tile: tile_pixels(channels, pixels),
+            };
+            let forward_with = |kernel: fn(&KernelInputs, &[f32], &mut [_], &mut Scratch)| {
+                let mut out = unwritten(sample_len);
+                let mut scratch = Scratch::new(&pyramid, inputs.tile);
+                kernel(&inputs, &x[..sample_len], &mut out, &mut scratch);
+                // SAFETY: the kernel writes the whole sample.
+                unsafe { assume_written(out) }
+            };
+            let wide = forward_with(forward_sample);
+            let baseline = forward_with(forward_sample_any_depth);
+            assert_eq!(
+                wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                baseline.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            let backward_with =
+                |kernel: fn(&KernelInputs, &[f32], &[f32], &mut [_], &mut [f32])| {
+                    let mut dx = unwritten(batch * sample_len);
+                    let mut dw = vec![0.0; maps * inputs.weight_stride()];
+                    kernel(&inputs, &x, &dy, &mut dx, &mut dw);
+                    // SAFETY: the kernel writes every sample.
+                    let dx = unsafe { assume_written(dx) };
+                    dx.into_iter()
+                        .chain(dw)
+                        .map(f32::to_bits)
+                        .collect::<Vec<_>>()
+                };
+            assert_eq!(
+                backward_with(backward_split),
+                backward_with(backward_split_any_depth)
+            );
+        }
+    }
+
+    #[test]
     fn a_pyramid_deeper_than_the_kernel_handles_uses_the_tensor_formulation() {
         let device = device();
         let levels = MAX_LEVELS + 1;
