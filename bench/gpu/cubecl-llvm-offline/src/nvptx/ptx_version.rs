@@ -1,6 +1,6 @@
 //! The PTX ISA version emitted for the installed driver.
 //!
-//! Copied unchanged from cubecl-llvm 0.11.3 (MIT OR Apache-2.0), whose `cubecl-cuda` users name it.
+//! Copied from cubecl-llvm 0.11.3 (MIT OR Apache-2.0), whose `cubecl-cuda` users name it.
 
 use core::fmt;
 use std::ffi::CString;
