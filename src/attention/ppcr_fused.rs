@@ -327,20 +327,20 @@ struct ChunkContext<const M: usize> {
     attention: Lanes,
 }
 
-/// The context of the chunk at scratch column `chunk` (finest group sums in `sums`, rows of
-/// `tile`) with the weights at column `at` of `weights` (rows of `weight_stride`): the finest
-/// means, each coarser map from its two halves (heap order: map `k`'s halves are maps `2k + 1`
-/// and `2k + 2`), then mean, variance and the weighted sum, all in registers.
+/// The context of the chunk at column `chunk` of the tile starting at pixel `start` (finest group
+/// sums in `sums`, rows of `tile`): the finest means, each coarser map from its two halves
+/// (heap order: map `k`'s halves are maps `2k + 1` and `2k + 2`), then mean, variance and the
+/// weighted sum, all in registers.
 #[inline(always)]
 fn chunk_context<const N: usize, const M: usize>(
     constants: &PyramidConstants<N, M>,
+    inputs: &KernelInputs,
     sums: &[f32],
-    tile: usize,
+    start: usize,
     chunk: usize,
-    weights: &[f32],
-    weight_stride: usize,
-    at: usize,
 ) -> ChunkContext<M> {
+    let (tile, weights, weight_stride) = (inputs.tile, inputs.weights, inputs.weight_stride());
+    let at = start + chunk;
     let maps = M - 1;
     let mut map = [[0.0f32; LANES]; M];
     for group in 0..N {
@@ -426,22 +426,17 @@ fn exp(x: f32) -> f32 {
 }
 
 /// Per-tile scratch, laid out pixel-minor with rows of `tile` pixels so every inner loop runs
-/// over pixels: finest group sums `[n, T]`, their gradients `[n, T]`, the attention `[T]` and
-/// its gradient `[T]`.
+/// over pixels: finest group sums `[n, T]` and the attention `[T]`.
 struct Scratch {
     sums: Vec<f32>,
-    grad_groups: Vec<f32>,
     attention: Vec<f32>,
-    grad_attention: Vec<f32>,
 }
 
 impl Scratch {
     fn new(pyramid: &Pyramid, tile: usize) -> Self {
         Scratch {
             sums: vec![0.0; pyramid.finest_groups * tile],
-            grad_groups: vec![0.0; pyramid.finest_groups * tile],
             attention: vec![0.0; tile],
-            grad_attention: vec![0.0; tile],
         }
     }
 }
@@ -592,13 +587,11 @@ fn forward_sample_generic<const N: usize, const M: usize>(
 ) {
     let KernelInputs {
         pyramid,
-        weights,
         pixels,
         tile,
         ..
     } = *inputs;
     let constants = PyramidConstants::<N, M>::new(pyramid);
-    let weight_stride = inputs.weight_stride();
     for start in (0..pixels).step_by(tile) {
         let len = tile.min(pixels - start);
         scratch.sums.fill(0.0);
@@ -612,15 +605,7 @@ fn forward_sample_generic<const N: usize, const M: usize>(
             }
         }
         for chunk in (0..len).step_by(LANES) {
-            let context = chunk_context(
-                &constants,
-                &scratch.sums,
-                tile,
-                chunk,
-                weights,
-                weight_stride,
-                start + chunk,
-            );
+            let context = chunk_context(&constants, inputs, &scratch.sums, start, chunk);
             scratch.attention[chunk..chunk + LANES].copy_from_slice(&context.attention);
         }
         let attention = &scratch.attention[..len];
@@ -715,6 +700,9 @@ fn backward_split_generic<const N: usize, const M: usize>(
     let (maps, weight_stride) = (M - 1, inputs.weight_stride());
     let sample_len = pyramid.group_of_channel.len() * pixels;
     let mut scratch = Scratch::new(pyramid, tile);
+    // The gradients of the finest group sums `[n, T]` and of the attention `[T]`.
+    let mut grad_groups = vec![0.0f32; pyramid.finest_groups * tile];
+    let mut grad_attention_row = vec![0.0f32; tile];
     let samples = dx_split
         .chunks_mut(sample_len.max(1))
         .zip(x_split.chunks(sample_len.max(1)))
@@ -724,13 +712,13 @@ fn backward_split_generic<const N: usize, const M: usize>(
             let len = tile.min(pixels - start);
             // One sweep over the tile's channels for both the group sums and dA = sum_c dY X.
             scratch.sums.fill(0.0);
-            scratch.grad_attention.fill(0.0);
+            grad_attention_row.fill(0.0);
             for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
                 let range = channel * pixels + start..channel * pixels + start + len;
                 let sums = &mut scratch.sums[group * tile..group * tile + len];
                 for (((sum, grad_a), x), d) in sums
                     .iter_mut()
-                    .zip(&mut scratch.grad_attention[..len])
+                    .zip(&mut grad_attention_row[..len])
                     .zip(&sample[range.clone()])
                     .zip(&dy[range])
                 {
@@ -740,22 +728,14 @@ fn backward_split_generic<const N: usize, const M: usize>(
             }
             for chunk in (0..len).step_by(LANES) {
                 let at = start + chunk;
-                let context = chunk_context(
-                    &constants,
-                    &scratch.sums,
-                    tile,
-                    chunk,
-                    weights,
-                    weight_stride,
-                    at,
-                );
+                let context = chunk_context(&constants, inputs, &scratch.sums, start, chunk);
                 let ChunkContext {
                     centred,
                     inverse_std,
                     logit,
                     attention,
                 } = context;
-                let grad_attention = lanes(&scratch.grad_attention, chunk);
+                let grad_attention = lanes(&grad_attention_row, chunk);
                 // dZ, scaled by s: every later term carries the factor s dZ.
                 let mut grad_logit = [0.0f32; LANES];
                 for lane in 0..LANES {
@@ -788,7 +768,7 @@ fn backward_split_generic<const N: usize, const M: usize>(
                 }
                 for group in 0..N {
                     let row = group * tile + chunk;
-                    for (lane, g) in scratch.grad_groups[row..row + LANES].iter_mut().enumerate() {
+                    for (lane, g) in grad_groups[row..row + LANES].iter_mut().enumerate() {
                         *g = grad_map[N - 1 + group][lane] * constants.inverse_group_size[group];
                     }
                 }
@@ -797,7 +777,7 @@ fn backward_split_generic<const N: usize, const M: usize>(
             let attention = &scratch.attention[..len];
             for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
                 let range = channel * pixels + start..channel * pixels + start + len;
-                let group_grad = &scratch.grad_groups[group * tile..group * tile + len];
+                let group_grad = &grad_groups[group * tile..group * tile + len];
                 for (((out, d), a), g) in dx[range.clone()]
                     .iter_mut()
                     .zip(&dy[range])

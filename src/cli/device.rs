@@ -143,7 +143,6 @@ impl DeviceSpec {
 /// and the backend's own reason. Without this, a missing driver library (no `libcuda.so`, no
 /// Vulkan driver) or an index past the last GPU surfaces as panics on the backend's device
 /// threads in the middle of the first training step.
-#[allow(dead_code)] // Unused in a build without GPU features.
 fn usable(spec: DeviceSpec, device: Device) -> anyhow::Result<Device> {
     use burn::tensor::Tensor;
     let (outcome, panics) = super::panic_hook::quietly(|| {
