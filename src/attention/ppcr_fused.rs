@@ -6,7 +6,9 @@
 //! node for each, so a training step pays for many passes over feature-map-sized tensors. This
 //! module computes `Y = X * sigmoid(Z)` in two passes over `X` (group sums, then the product)
 //! and its gradient in two passes over `X` and `dY`, registered as a single autodiff node with a
-//! hand-written backward step.
+//! hand-written backward step. The forward keeps three values per pixel for it (the inverse
+//! standard deviation, the logit, the attention), and the backward writes `dX` over the `dY` it
+//! is handed.
 //!
 //! Between the passes, the per-pixel context (the `K` pyramid maps, their normalization, the
 //! weighted sum and the sigmoid) is computed for 8 pixels at a time with every map in registers:
@@ -89,7 +91,7 @@ impl PpcrOps for Flex {
         levels: usize,
         epsilon: f64,
     ) -> FlexTensor {
-        forward(&x, &weights, levels, epsilon)
+        forward(&x, &weights, levels, epsilon, false).0
     }
 }
 
@@ -103,24 +105,28 @@ impl<C: CheckpointStrategy> PpcrOps for Autodiff<Flex, C> {
         let guards = [x.node(), weights.node()];
         let x = x.into_primitive();
         let weights = weights.into_primitive();
-        let output = forward(&x, &weights, levels, epsilon);
         match RecalibrateBackward
             .prepare::<C>(guards)
             .compute_bound()
             .stateful()
         {
-            // The backward step recomputes the per-pixel context from `x` while it reads `x`
-            // for the attention gradient anyway, so the state is only references to the inputs.
-            OpsKind::Tracked(prep) => prep.finish(
-                SavedInputs {
+            // The backward step needs the pyramid maps again, which it rebuilds from `x` while
+            // it reads `x` for the attention gradient anyway; it is handed the rest of the
+            // per-pixel context (a few values per pixel, against `C` of `x`).
+            OpsKind::Tracked(prep) => {
+                let (output, context) = forward(&x, &weights, levels, epsilon, true);
+                let state = SavedInputs {
                     x,
                     weights,
+                    context: context.expect("forward keeps the context when asked"),
                     levels,
                     epsilon,
-                },
-                output,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(output),
+                };
+                prep.finish(state, output)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(forward(&x, &weights, levels, epsilon, false).0)
+            }
         }
     }
 }
@@ -129,11 +135,13 @@ impl<C: CheckpointStrategy> PpcrOps for Autodiff<Flex, C> {
 #[derive(Debug)]
 struct RecalibrateBackward;
 
-/// What the backward step needs: the forward inputs (shared, not copied) and the settings.
+/// What the backward step needs: the forward inputs (shared, not copied), the forward's
+/// per-pixel context (see [`ContextRow`]) and the settings.
 #[derive(Debug, Clone)]
 struct SavedInputs {
     x: FlexTensor,
     weights: FlexTensor,
+    context: FlexTensor,
     levels: usize,
     epsilon: f64,
 }
@@ -153,7 +161,8 @@ impl Backward<Flex, 2> for RecalibrateBackward {
         let (grad_x, grad_weights) = backward(
             &state.x,
             &state.weights,
-            &grad_output,
+            &state.context,
+            grad_output,
             state.levels,
             state.epsilon,
         );
@@ -219,6 +228,22 @@ fn contiguous_values(tensor: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
         Some(values) => std::borrow::Cow::Borrowed(values),
         None => std::borrow::Cow::Owned(tensor.to_contiguous().as_slice::<f32>().unwrap().to_vec()),
     }
+}
+
+/// `tensor` as a contiguous tensor whose values this step may overwrite: itself when nothing
+/// else shares its buffer and the buffer holds exactly its values in order, a copy otherwise.
+///
+/// The backward step writes `dX` over the `dY` autodiff hands it, which it owns: a fresh
+/// feature-map-sized buffer would cost page faults in every step (glibc returns such blocks to
+/// the kernel) and its memory at the backward's peak.
+fn writable_contiguous(mut tensor: FlexTensor) -> FlexTensor {
+    let whole_buffer = tensor.is_contiguous()
+        && tensor.layout().start_offset() == 0
+        && tensor.bytes().len() == tensor.shape().num_elements() * size_of::<f32>();
+    if whole_buffer && tensor.try_storage_mut::<f32>().is_some() {
+        return tensor;
+    }
+    flex_tensor(contiguous_values(&tensor).into_owned(), tensor.shape())
 }
 
 fn flex_tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
@@ -316,9 +341,7 @@ impl<const N: usize, const M: usize> PyramidConstants<N, M> {
 }
 
 /// The per-pixel context of one chunk of `LANES` pixels.
-struct ChunkContext<const M: usize> {
-    /// Centred pyramid values `d_k = P_k - mean_k P_k`, maps in heap order (the last is unused).
-    centred: [Lanes; M],
+struct ChunkContext {
     /// `s = 1 / sqrt(var_k P_k + eps)`.
     inverse_std: Lanes,
     /// `Z = s sum_k W_k d_k`.
@@ -327,20 +350,17 @@ struct ChunkContext<const M: usize> {
     attention: Lanes,
 }
 
-/// The context of the chunk at column `chunk` of the tile starting at pixel `start` (finest group
-/// sums in `sums`, rows of `tile`): the finest means, each coarser map from its two halves
-/// (heap order: map `k`'s halves are maps `2k + 1` and `2k + 2`), then mean, variance and the
-/// weighted sum, all in registers.
+/// The centred pyramid maps of the chunk at column `chunk` of a tile (finest group sums in
+/// `sums`, rows of `tile`): the finest means, each coarser map from its two halves (heap order:
+/// map `k`'s halves are maps `2k + 1` and `2k + 2`), then centred on their mean, all in
+/// registers.
 #[inline(always)]
-fn chunk_context<const N: usize, const M: usize>(
+fn centred_maps<const N: usize, const M: usize>(
     constants: &PyramidConstants<N, M>,
-    inputs: &KernelInputs,
     sums: &[f32],
-    start: usize,
+    tile: usize,
     chunk: usize,
-) -> ChunkContext<M> {
-    let (tile, weights, weight_stride) = (inputs.tile, inputs.weights, inputs.weight_stride());
-    let at = start + chunk;
+) -> [Lanes; M] {
     let maps = M - 1;
     let mut map = [[0.0f32; LANES]; M];
     for group in 0..N {
@@ -362,19 +382,37 @@ fn chunk_context<const N: usize, const M: usize>(
             mean[lane] += values[lane];
         }
     }
+    for values in &mut map[..maps] {
+        for lane in 0..LANES {
+            values[lane] -= mean[lane] * constants.inverse_maps;
+        }
+    }
+    map
+}
+
+/// The context of the chunk at column `chunk` of the tile starting at pixel `start`: the
+/// [`centred_maps`], their variance (two-pass, centred first, as the literal formulation
+/// computes it) and the weighted sum.
+#[inline(always)]
+fn chunk_context<const N: usize, const M: usize>(
+    constants: &PyramidConstants<N, M>,
+    inputs: &KernelInputs,
+    sums: &[f32],
+    start: usize,
+    chunk: usize,
+) -> ChunkContext {
+    let (weights, weight_stride) = (inputs.weights, inputs.weight_stride());
+    let at = start + chunk;
+    let centred = centred_maps(constants, sums, inputs.tile, chunk);
     let (mut variance, mut numerator) = ([0.0f32; LANES], [0.0f32; LANES]);
-    for (k, values) in map[..maps].iter_mut().enumerate() {
+    for (k, values) in centred[..M - 1].iter().enumerate() {
         let w = lanes(weights, k * weight_stride + at);
         for lane in 0..LANES {
-            // Two-pass variance (centre first), as the literal formulation computes it.
-            let centred = values[lane] - mean[lane] * constants.inverse_maps;
-            values[lane] = centred;
-            variance[lane] += centred * centred;
-            numerator[lane] += w[lane] * centred;
+            variance[lane] += values[lane] * values[lane];
+            numerator[lane] += w[lane] * values[lane];
         }
     }
     let mut context = ChunkContext {
-        centred: map,
         inverse_std: [0.0; LANES],
         logit: [0.0; LANES],
         attention: [0.0; LANES],
@@ -538,30 +576,38 @@ fn unwritten(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
 }
 
 dispatch_vector_width! {
-    /// `out = sample * A` for one sample (`[C, P]`), tile by tile.
+    /// `out = sample * A` for one sample (`[C, P]`), tile by tile; unless `context` is empty,
+    /// also the sample's per-pixel context (see [`ContextRow`]).
     fn forward_sample => forward_sample_any_depth(
         inputs: &KernelInputs,
         sample: &[f32],
         out: &mut [std::mem::MaybeUninit<f32>],
+        context: &mut [f32],
         scratch: &mut Scratch,
     )
 }
 
 /// What every task of one call reads: the pyramid, the weights (rows padded, see
-/// [`padded_weights`]) with their per-pixel mean (padded likewise; backward only), and the
-/// sizes.
+/// [`padded_weights`]), the finest groups' shares of the centred weights (padded likewise;
+/// backward only, see [`group_weight_shares`]), and the sizes.
 struct KernelInputs<'a> {
     pyramid: &'a Pyramid,
     weights: &'a [f32],
-    weight_means: &'a [f32],
+    group_weights: &'a [f32],
     pixels: usize,
     tile: usize,
 }
 
 impl KernelInputs<'_> {
-    /// Row length of the padded weights, weight means and weight gradients.
+    /// Row length of the padded weights, group weight shares and weight gradients.
     fn weight_stride(&self) -> usize {
         self.pixels + LANES
+    }
+
+    /// Row length of the per-pixel context: whole [`LANES`] chunks, since chunks start at
+    /// multiples of [`LANES`] and may run past the last pixel.
+    fn context_stride(&self) -> usize {
+        self.pixels.next_multiple_of(LANES)
     }
 }
 
@@ -570,11 +616,12 @@ fn forward_sample_any_depth(
     inputs: &KernelInputs,
     sample: &[f32],
     out: &mut [std::mem::MaybeUninit<f32>],
+    context: &mut [f32],
     scratch: &mut Scratch,
 ) {
     for_pyramid_depth!(
         inputs.pyramid.finest_groups,
-        forward_sample_generic(inputs, sample, out, scratch)
+        forward_sample_generic(inputs, sample, out, context, scratch)
     )
 }
 
@@ -583,6 +630,7 @@ fn forward_sample_generic<const N: usize, const M: usize>(
     inputs: &KernelInputs,
     sample: &[f32],
     out: &mut [std::mem::MaybeUninit<f32>],
+    context: &mut [f32],
     scratch: &mut Scratch,
 ) {
     let KernelInputs {
@@ -605,8 +653,14 @@ fn forward_sample_generic<const N: usize, const M: usize>(
             }
         }
         for chunk in (0..len).step_by(LANES) {
-            let context = chunk_context(&constants, inputs, &scratch.sums, start, chunk);
-            scratch.attention[chunk..chunk + LANES].copy_from_slice(&context.attention);
+            let chunk_context = chunk_context(&constants, inputs, &scratch.sums, start, chunk);
+            scratch.attention[chunk..chunk + LANES].copy_from_slice(&chunk_context.attention);
+            if !context.is_empty() {
+                let at = ContextRow::start(inputs.context_stride(), start + chunk);
+                context[at(ContextRow::InverseStd)].copy_from_slice(&chunk_context.inverse_std);
+                context[at(ContextRow::Logit)].copy_from_slice(&chunk_context.logit);
+                context[at(ContextRow::Attention)].copy_from_slice(&chunk_context.attention);
+            }
         }
         let attention = &scratch.attention[..len];
         for channel in 0..pyramid.group_of_channel.len() {
@@ -622,8 +676,39 @@ fn forward_sample_generic<const N: usize, const M: usize>(
     }
 }
 
-/// `Y = X * A`, one rayon task per sample.
-fn forward(x: &FlexTensor, weights: &FlexTensor, levels: usize, epsilon: f64) -> FlexTensor {
+/// What the forward step keeps per pixel of each sample for the backward step, one row of
+/// [`KernelInputs::context_stride`] values each: `[B, CONTEXT_ROWS, stride]`. With them the
+/// backward step skips the variance, the square root and the sigmoid of every pixel.
+#[derive(Debug, Clone, Copy)]
+enum ContextRow {
+    /// `s = 1 / sqrt(var_k P_k + eps)`.
+    InverseStd,
+    /// `Z = s sum_k W_k d_k`.
+    Logit,
+    /// `A = sigmoid(Z)`.
+    Attention,
+}
+
+/// Rows of [`ContextRow`].
+const CONTEXT_ROWS: usize = 3;
+
+impl ContextRow {
+    /// Where in a sample's context the [`LANES`] values of each row at pixel `at` lie.
+    #[inline(always)]
+    fn start(stride: usize, at: usize) -> impl Fn(ContextRow) -> std::ops::Range<usize> {
+        move |row| row as usize * stride + at..row as usize * stride + at + LANES
+    }
+}
+
+/// `Y = X * A`, one rayon task per sample; with `keep_context`, also the per-pixel context
+/// ([`ContextRow`]) the backward step reads.
+fn forward(
+    x: &FlexTensor,
+    weights: &FlexTensor,
+    levels: usize,
+    epsilon: f64,
+    keep_context: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
     let Dims {
         batch,
         channels,
@@ -637,32 +722,49 @@ fn forward(x: &FlexTensor, weights: &FlexTensor, levels: usize, epsilon: f64) ->
     let inputs = KernelInputs {
         pyramid: &pyramid,
         weights: &weights,
-        weight_means: &[],
+        group_weights: &[],
         pixels,
         tile,
     };
     let sample_len = channels * pixels;
     let mut output = unwritten(batch * sample_len);
-    output
+    let samples = output
         .par_chunks_mut(sample_len.max(1))
-        .zip(values.par_chunks(sample_len.max(1)))
-        .with_min_len(samples_per_task(sample_len))
-        .for_each_init(
-            || Scratch::new(&pyramid, tile),
-            |scratch, (out, sample)| forward_sample(&inputs, sample, out, scratch),
-        );
+        .zip(values.par_chunks(sample_len.max(1)));
+    let new_scratch = || Scratch::new(&pyramid, tile);
+    let context = if keep_context {
+        let context_len = CONTEXT_ROWS * inputs.context_stride();
+        let mut context = vec![0.0f32; batch * context_len];
+        samples
+            .zip(context.par_chunks_mut(context_len.max(1)))
+            .with_min_len(samples_per_task(sample_len))
+            .for_each_init(new_scratch, |scratch, ((out, sample), context)| {
+                forward_sample(&inputs, sample, out, context, scratch)
+            });
+        let context_shape = Shape::new([batch, CONTEXT_ROWS, inputs.context_stride()]);
+        Some(flex_tensor(context, context_shape))
+    } else {
+        samples
+            .with_min_len(samples_per_task(sample_len))
+            .for_each_init(new_scratch, |scratch, (out, sample)| {
+                forward_sample(&inputs, sample, out, &mut [], scratch)
+            });
+        None
+    };
     // SAFETY: `forward_sample` writes every channel of every pixel of its sample.
-    flex_tensor(unsafe { assume_written(output) }, shape)
+    let output = flex_tensor(unsafe { assume_written(output) }, shape);
+    (output, context)
 }
 
 dispatch_vector_width! {
-    /// The backward step for the samples of one split: `dx` for each, and their weight
-    /// gradients summed in sample order into `dw` (rows padded like the weights).
+    /// The backward step for the samples of one split (their forward `context`, see
+    /// [`ContextRow`]): `grad_split` holds their `dy` on entry and their `dx` on return; their
+    /// weight gradients are summed in sample order into `dw` (rows padded like the weights).
     fn backward_split => backward_split_any_depth(
         inputs: &KernelInputs,
         x_split: &[f32],
-        dy_split: &[f32],
-        dx_split: &mut [std::mem::MaybeUninit<f32>],
+        context_split: &[f32],
+        grad_split: &mut [f32],
         dw: &mut [f32],
     )
 }
@@ -671,13 +773,13 @@ dispatch_vector_width! {
 fn backward_split_any_depth(
     inputs: &KernelInputs,
     x_split: &[f32],
-    dy_split: &[f32],
-    dx_split: &mut [std::mem::MaybeUninit<f32>],
+    context_split: &[f32],
+    grad_split: &mut [f32],
     dw: &mut [f32],
 ) {
     for_pyramid_depth!(
         inputs.pyramid.finest_groups,
-        backward_split_generic(inputs, x_split, dy_split, dx_split, dw)
+        backward_split_generic(inputs, x_split, context_split, grad_split, dw)
     )
 }
 
@@ -685,14 +787,14 @@ fn backward_split_any_depth(
 fn backward_split_generic<const N: usize, const M: usize>(
     inputs: &KernelInputs,
     x_split: &[f32],
-    dy_split: &[f32],
-    dx_split: &mut [std::mem::MaybeUninit<f32>],
+    context_split: &[f32],
+    grad_split: &mut [f32],
     dw: &mut [f32],
 ) {
     let KernelInputs {
         pyramid,
-        weights,
-        weight_means,
+        weights: _,
+        group_weights,
         pixels,
         tile,
     } = *inputs;
@@ -703,11 +805,14 @@ fn backward_split_generic<const N: usize, const M: usize>(
     // The gradients of the finest group sums `[n, T]` and of the attention `[T]`.
     let mut grad_groups = vec![0.0f32; pyramid.finest_groups * tile];
     let mut grad_attention_row = vec![0.0f32; tile];
-    let samples = dx_split
+    let context_len = CONTEXT_ROWS * inputs.context_stride();
+    let samples = grad_split
         .chunks_mut(sample_len.max(1))
         .zip(x_split.chunks(sample_len.max(1)))
-        .zip(dy_split.chunks(sample_len.max(1)));
-    for ((dx, sample), dy) in samples {
+        .zip(context_split.chunks(context_len.max(1)));
+    // `grad` holds the sample's dY until the tile's last sweep overwrites it with dX: each
+    // value of dX depends on dY at the same position only, read just before.
+    for ((grad, sample), context) in samples {
         for start in (0..pixels).step_by(tile) {
             let len = tile.min(pixels - start);
             // One sweep over the tile's channels for both the group sums and dA = sum_c dY X.
@@ -720,7 +825,7 @@ fn backward_split_generic<const N: usize, const M: usize>(
                     .iter_mut()
                     .zip(&mut grad_attention_row[..len])
                     .zip(&sample[range.clone()])
-                    .zip(&dy[range])
+                    .zip(&grad[range])
                 {
                     *sum += x;
                     *grad_a += x * d;
@@ -728,13 +833,12 @@ fn backward_split_generic<const N: usize, const M: usize>(
             }
             for chunk in (0..len).step_by(LANES) {
                 let at = start + chunk;
-                let context = chunk_context(&constants, inputs, &scratch.sums, start, chunk);
-                let ChunkContext {
-                    centred,
-                    inverse_std,
-                    logit,
-                    attention,
-                } = context;
+                let centred = centred_maps(&constants, &scratch.sums, tile, chunk);
+                let at_row = ContextRow::start(inputs.context_stride(), at);
+                let saved = |row| -> Lanes { context[at_row(row)].try_into().unwrap() };
+                let inverse_std = saved(ContextRow::InverseStd);
+                let logit = saved(ContextRow::Logit);
+                let attention = saved(ContextRow::Attention);
                 let grad_attention = lanes(&grad_attention_row, chunk);
                 // dZ, scaled by s: every later term carries the factor s dZ.
                 let mut grad_logit = [0.0f32; LANES];
@@ -742,34 +846,39 @@ fn backward_split_generic<const N: usize, const M: usize>(
                     let a = attention[lane];
                     grad_logit[lane] = grad_attention[lane] * a * (1.0 - a) * inverse_std[lane];
                 }
-                let weight_mean = lanes(weight_means, at);
-                let mut grad_map = [[0.0f32; LANES]; M];
-                for k in 0..maps {
-                    let w = lanes(weights, k * weight_stride + at);
+                for (k, d) in centred[..maps].iter().enumerate() {
                     let dw_k = &mut dw[k * weight_stride + at..k * weight_stride + at + LANES];
                     for lane in 0..LANES {
-                        let (gz, d) = (grad_logit[lane], centred[k][lane]);
                         // dZ Phat_k = (s dZ) d_k.
-                        dw_k[lane] += gz * d;
-                        grad_map[k][lane] = gz
-                            * (w[lane]
-                                - weight_mean[lane]
-                                - d * inverse_std[lane] * logit[lane] * constants.inverse_maps);
+                        dw_k[lane] += grad_logit[lane] * d[lane];
                     }
                 }
-                // Back through the pyramid: each map's gradient goes to its two halves.
+                // dP_k = s dZ (W_k - mean(W)) - (s dZ s Z / K) d_k, carried down the pyramid
+                // to the finest groups (G^T dP): the first term's share is the call's
+                // `group_weights`; the second needs G^T d, each map's value added into its
+                // two halves, scaled by their shares.
+                let mut carried = centred;
                 for k in 0..N - 1 {
                     let [first, second] = constants.child_shares[k];
-                    let parent = grad_map[k];
+                    let parent = carried[k];
                     for (lane, parent) in parent.iter().enumerate() {
-                        grad_map[2 * k + 1][lane] += first * parent;
-                        grad_map[2 * k + 2][lane] += second * parent;
+                        carried[2 * k + 1][lane] += first * parent;
+                        carried[2 * k + 2][lane] += second * parent;
                     }
+                }
+                let mut carried_scale = [0.0f32; LANES];
+                for lane in 0..LANES {
+                    carried_scale[lane] =
+                        grad_logit[lane] * inverse_std[lane] * logit[lane] * constants.inverse_maps;
                 }
                 for group in 0..N {
                     let row = group * tile + chunk;
+                    let shares = lanes(group_weights, group * weight_stride + at);
+                    let carried = carried[N - 1 + group];
                     for (lane, g) in grad_groups[row..row + LANES].iter_mut().enumerate() {
-                        *g = grad_map[N - 1 + group][lane] * constants.inverse_group_size[group];
+                        *g = (grad_logit[lane] * shares[lane]
+                            - carried_scale[lane] * carried[lane])
+                            * constants.inverse_group_size[group];
                     }
                 }
                 scratch.attention[chunk..chunk + LANES].copy_from_slice(&attention);
@@ -778,17 +887,37 @@ fn backward_split_generic<const N: usize, const M: usize>(
             for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
                 let range = channel * pixels + start..channel * pixels + start + len;
                 let group_grad = &grad_groups[group * tile..group * tile + len];
-                for (((out, d), a), g) in dx[range.clone()]
-                    .iter_mut()
-                    .zip(&dy[range])
-                    .zip(attention)
-                    .zip(group_grad)
-                {
-                    out.write(d * a + g);
+                for ((d, a), g) in grad[range].iter_mut().zip(attention).zip(group_grad) {
+                    *d = *d * a + g;
                 }
             }
         }
     }
+}
+
+/// `U = G^T (W - mean_k W)` per pixel, `[n, P]`: what each finest group receives of the centred
+/// weights through the pyramid (`G` the `[K, n]` matrix with `P = G F`). It depends on the
+/// weights only, so the backward step computes it once per call instead of once per sample.
+fn group_weight_shares(pyramid: &Pyramid, weights: &[f32], pixels: usize) -> Vec<f32> {
+    let (maps, groups) = (pyramid.maps, pyramid.finest_groups);
+    let mut shares = vec![0.0f32; groups * pixels];
+    let mut values = vec![0.0f32; maps];
+    for pixel in 0..pixels {
+        for (k, value) in values.iter_mut().enumerate() {
+            *value = weights[k * pixels + pixel];
+        }
+        let mean = values.iter().sum::<f32>() / maps as f32;
+        values.iter_mut().for_each(|value| *value -= mean);
+        for (k, [first, second]) in pyramid.child_shares.iter().enumerate() {
+            let parent = values[k];
+            values[2 * k + 1] += first * parent;
+            values[2 * k + 2] += second * parent;
+        }
+        for (group, value) in values[groups - 1..].iter().enumerate() {
+            shares[group * pixels + pixel] = *value;
+        }
+    }
+    shares
 }
 
 /// Gradients of `sum(dY * Y)` with respect to `x` and `weights`.
@@ -797,11 +926,13 @@ fn backward_split_generic<const N: usize, const M: usize>(
 /// `dA = sum_c dY_c X_c`, `dZ = dA a (1 - a)`, `dW_k = sum_b dZ Phat_k`; through the pixel
 /// normalization `dP_k = s dZ (W_k - mean(W) - Phat_k Z / K)` (the layer-norm gradient with
 /// `dPhat = dZ W`, using `mean(dPhat Phat) = dZ Z / K`); through the pyramid
-/// `dF_j = sum_k G[k, j] dP_k`; and `dX_c = dY_c a + dF_group(c) / |group(c)|`.
+/// `dF_j = sum_k G[k, j] dP_k`; and `dX_c = dY_c a + dF_group(c) / |group(c)|`. `s`, `Z` and
+/// `a` come from the forward's `context`.
 fn backward(
     x: &FlexTensor,
     weights: &FlexTensor,
-    grad_output: &FlexTensor,
+    context: &FlexTensor,
+    grad_output: FlexTensor,
     levels: usize,
     epsilon: f64,
 ) -> (FlexTensor, FlexTensor) {
@@ -810,25 +941,26 @@ fn backward(
         channels,
         pixels,
     } = dims_of(x, weights, levels);
-    let x_shape = x.shape();
     let weight_shape = weights.shape();
     let values = contiguous_values(x);
-    let grad_values = contiguous_values(grad_output);
+    let context = contiguous_values(context);
+    let mut grad_x = writable_contiguous(grad_output);
     let weights = contiguous_values(weights);
     let pyramid = Pyramid::new(channels, levels, epsilon);
     let maps = pyramid.maps;
-    let weight_means: Vec<f32> = (0..pixels)
-        .map(|p| (0..maps).map(|k| weights[k * pixels + p]).sum::<f32>() / maps as f32)
-        .collect();
     let inputs = KernelInputs {
         pyramid: &pyramid,
-        weights: &padded_weights(&weights, maps, pixels),
-        weight_means: &padded_weights(&weight_means, 1, pixels),
+        // The weights enter only through `group_weights` and the saved context.
+        weights: &[],
+        group_weights: &padded_weights(
+            &group_weight_shares(&pyramid, &weights, pixels),
+            pyramid.finest_groups,
+            pixels,
+        ),
         pixels,
         tile: tile_pixels(channels, pixels),
     };
     let sample_len = channels * pixels;
-    let mut grad_x = unwritten(batch * sample_len);
     // Each split of the batch sums its samples' weight gradients in sample order into its own
     // buffer; the buffers are then summed in split order, so the result does not depend on how
     // rayon schedules the work, and only a few `[K, P]` buffers exist at once.
@@ -837,14 +969,17 @@ fn backward(
     let padded_len = maps * inputs.weight_stride();
     let mut grad_weights_per_split = vec![0.0f32; splits * padded_len];
     let split_len = (samples_per_split * sample_len).max(1);
+    let context_split_len = (samples_per_split * CONTEXT_ROWS * inputs.context_stride()).max(1);
     grad_x
+        .try_storage_mut::<f32>()
+        .expect("writable_contiguous returns an unshared tensor")
         .par_chunks_mut(split_len)
         .zip(grad_weights_per_split.par_chunks_mut(padded_len.max(1)))
         .zip(values.par_chunks(split_len))
-        .zip(grad_values.par_chunks(split_len))
+        .zip(context.par_chunks(context_split_len))
         .with_min_len(samples_per_task(split_len))
-        .for_each(|(((dx_split, dw), x_split), dy_split)| {
-            backward_split(&inputs, x_split, dy_split, dx_split, dw);
+        .for_each(|(((grad_split, dw), x_split), context_split)| {
+            backward_split(&inputs, x_split, context_split, grad_split, dw);
         });
     let mut grad_weights = vec![0.0f32; maps * pixels];
     for split in grad_weights_per_split.chunks(padded_len.max(1)) {
@@ -857,11 +992,7 @@ fn backward(
             }
         }
     }
-    (
-        // SAFETY: `backward_split` writes every channel of every pixel of its samples.
-        flex_tensor(unsafe { assume_written(grad_x) }, x_shape),
-        flex_tensor(grad_weights, weight_shape),
-    )
+    (grad_x, flex_tensor(grad_weights, weight_shape))
 }
 
 #[cfg(test)]
@@ -1055,40 +1186,78 @@ mod tests {
             let inputs = KernelInputs {
                 pyramid: &pyramid,
                 weights: &padded_weights(&w, maps, pixels),
-                weight_means: &padded_weights(&w[..pixels], 1, pixels),
+                group_weights: &padded_weights(
+                    &group_weight_shares(&pyramid, &w, pixels),
+                    pyramid.finest_groups,
+                    pixels,
+                ),
                 pixels,
                 tile: tile_pixels(channels, pixels),
             };
-            let forward_with = |kernel: fn(&KernelInputs, &[f32], &mut [_], &mut Scratch)| {
-                let mut out = unwritten(sample_len);
-                let mut scratch = Scratch::new(&pyramid, inputs.tile);
-                kernel(&inputs, &x[..sample_len], &mut out, &mut scratch);
-                // SAFETY: the kernel writes the whole sample.
-                unsafe { assume_written(out) }
-            };
-            let wide = forward_with(forward_sample);
-            let baseline = forward_with(forward_sample_any_depth);
-            assert_eq!(
-                wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                baseline.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            // Every sample's output and context, as the autodiff forward keeps them.
+            let context_len = CONTEXT_ROWS * inputs.context_stride();
+            type ForwardKernel = fn(
+                &KernelInputs,
+                &[f32],
+                &mut [std::mem::MaybeUninit<f32>],
+                &mut [f32],
+                &mut Scratch,
             );
-            let backward_with =
-                |kernel: fn(&KernelInputs, &[f32], &[f32], &mut [_], &mut [f32])| {
-                    let mut dx = unwritten(batch * sample_len);
-                    let mut dw = vec![0.0; maps * inputs.weight_stride()];
-                    kernel(&inputs, &x, &dy, &mut dx, &mut dw);
-                    // SAFETY: the kernel writes every sample.
-                    let dx = unsafe { assume_written(dx) };
-                    dx.into_iter()
-                        .chain(dw)
-                        .map(f32::to_bits)
-                        .collect::<Vec<_>>()
-                };
+            let forward_with = |kernel: ForwardKernel| {
+                let mut out = unwritten(batch * sample_len);
+                let mut context = vec![0.0; batch * context_len];
+                let mut scratch = Scratch::new(&pyramid, inputs.tile);
+                for ((out, sample), context) in out
+                    .chunks_mut(sample_len)
+                    .zip(x.chunks(sample_len))
+                    .zip(context.chunks_mut(context_len))
+                {
+                    kernel(&inputs, sample, out, context, &mut scratch);
+                }
+                // SAFETY: the kernel writes every sample.
+                (unsafe { assume_written(out) }, context)
+            };
+            let (wide, wide_context) = forward_with(forward_sample);
+            let (baseline, baseline_context) = forward_with(forward_sample_any_depth);
+            let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&wide), bits(&baseline));
+            assert_eq!(bits(&wide_context), bits(&baseline_context));
+            type BackwardKernel = fn(&KernelInputs, &[f32], &[f32], &mut [f32], &mut [f32]);
+            let backward_with = |kernel: BackwardKernel| {
+                let mut grad = dy.clone();
+                let mut dw = vec![0.0; maps * inputs.weight_stride()];
+                kernel(&inputs, &x, &baseline_context, &mut grad, &mut dw);
+                bits(&grad.into_iter().chain(dw).collect::<Vec<_>>())
+            };
             assert_eq!(
                 backward_with(backward_split),
                 backward_with(backward_split_any_depth)
             );
         }
+    }
+
+    #[test]
+    fn the_backward_step_overwrites_its_gradient_input_only_when_it_owns_it() {
+        let gradient = flex_tensor(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], Shape::new([2, 3]));
+        let shared = gradient.clone();
+        let mut copy = writable_contiguous(gradient);
+        copy.try_storage_mut::<f32>().unwrap()[0] = 9.0;
+        assert_eq!(
+            shared.as_slice::<f32>().unwrap(),
+            [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        );
+
+        let buffer = shared.bytes().as_ptr();
+        let owned = writable_contiguous(shared);
+        assert_eq!(owned.bytes().as_ptr(), buffer);
+
+        // A strided view is copied into its logical order.
+        let transposed = writable_contiguous(owned.transpose(0, 1));
+        assert_eq!(transposed.shape(), Shape::new([3, 2]));
+        assert_eq!(
+            transposed.as_slice::<f32>().unwrap(),
+            [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+        );
     }
 
     #[test]

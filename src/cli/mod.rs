@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch to the subcommands, one file each.
 
+mod allocator;
 mod bench;
 mod compare;
 mod data_options;
@@ -17,6 +18,7 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
+pub use allocator::keep_freed_buffers;
 pub use panic_hook::install as install_panic_hook;
 
 /// Attention-recalibrated CNNs (PPCR and the units it is compared to) for medical image

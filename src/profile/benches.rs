@@ -39,23 +39,21 @@ pub struct UnitBench {
     pub forward_backward: Timing,
     /// Copy forward and backward (`(x * 1).backward()`), the same harness around a copy.
     pub copy_forward_backward: Timing,
+    /// PPCR forward time / copy time (median of per-round ratios, as all ratios here).
+    pub forward_ratio: f64,
+    /// PPCR forward+backward time / copy time.
+    pub forward_backward_ratio: f64,
+    /// PPCR forward+backward time / copy forward+backward time: both under the same autodiff
+    /// harness (gradient seed, gradient buffers), which the plain copy does not pay.
+    pub forward_backward_harness_ratio: f64,
+    /// Literal formulation's forward time / PPCR forward time.
+    pub literal_ratio: f64,
 }
 
-impl UnitBench {
-    /// PPCR forward time / copy time.
-    pub fn forward_ratio(&self) -> f64 {
-        self.forward.median_ms / self.copy.median_ms
-    }
-    /// PPCR forward+backward time / copy time.
-    pub fn forward_backward_ratio(&self) -> f64 {
-        self.forward_backward.median_ms / self.copy.median_ms
-    }
-    /// PPCR forward+backward time / copy forward+backward time: both under the same autodiff
-    /// harness (gradient seed, fresh gradient buffers), which the plain copy does not pay.
-    pub fn forward_backward_harness_ratio(&self) -> f64 {
-        self.forward_backward.median_ms / self.copy_forward_backward.median_ms
-    }
-}
+/// Each timed sample of the unit benchmark repeats its operation for at least this long and
+/// keeps the mean: one call at the smallest shapes takes tens of microseconds, where a single
+/// timing is mostly noise.
+const UNIT_SAMPLE_MS: f64 = 10.0;
 
 /// The stage shapes of ResNet-20 at 32 px (batch 64) and ResNet-18 at 224 px (batch 32).
 pub fn unit_bench_shapes() -> Vec<UnitShape> {
@@ -83,6 +81,10 @@ fn sync(device: &Device) {
 }
 
 /// Benchmark the PPCR unit at `shapes` on `device` (plain; autodiff is added for backward).
+///
+/// The five operations (copy, forward, literal forward, forward+backward, copy
+/// forward+backward) take turns as the networks of [`network_bench`] do; each sample is the
+/// mean call time over a repeated batch of at least [`UNIT_SAMPLE_MS`].
 pub fn unit_bench(
     shapes: &[UnitShape],
     device: &Device,
@@ -113,43 +115,73 @@ pub fn unit_bench(
                 ppcr
             };
             let ppcr = make_ppcr(device);
-            let copy = time_median(warmup, runs, || {
-                let y = x.clone().mul_scalar(1.0);
-                sync(device);
-                drop(y);
-            });
-            let forward = time_median(warmup, runs, || {
-                let y = ppcr.forward(x.clone());
-                sync(device);
-                drop(y);
-            });
-            let reference_forward = time_median(warmup, runs, || {
-                let attention = ppcr
-                    .reference_attention_map(x.clone())
-                    .expect("benchmark shapes fit");
-                let y = x.clone() * attention;
-                sync(device);
-                drop(y);
-            });
             let ppcr_train = make_ppcr(&autodiff);
             let x_train = Tensor::<4>::from_data(x.to_data(), &autodiff).require_grad();
-            let forward_backward = time_median(warmup, runs, || {
-                let grads = ppcr_train.forward(x_train.clone()).backward();
-                sync(&autodiff);
-                drop(grads);
+            let operations: [&dyn Fn(); 5] = [
+                &|| {
+                    let y = x.clone().mul_scalar(1.0);
+                    sync(device);
+                    drop(y);
+                },
+                &|| {
+                    let y = ppcr.forward(x.clone());
+                    sync(device);
+                    drop(y);
+                },
+                &|| {
+                    let attention = ppcr
+                        .reference_attention_map(x.clone())
+                        .expect("benchmark shapes fit");
+                    let y = x.clone() * attention;
+                    sync(device);
+                    drop(y);
+                },
+                &|| {
+                    let grads = ppcr_train.forward(x_train.clone()).backward();
+                    sync(&autodiff);
+                    drop(grads);
+                },
+                &|| {
+                    let grads = x_train.clone().mul_scalar(1.0).backward();
+                    sync(&autodiff);
+                    drop(grads);
+                },
+            ];
+            let repeats = operations.map(|operation| {
+                let once = time_median(warmup, 1, operation).median_ms;
+                (UNIT_SAMPLE_MS / once.max(1e-6)).ceil().max(1.0) as usize
             });
-            let copy_forward_backward = time_median(warmup, runs, || {
-                let grads = x_train.clone().mul_scalar(1.0).backward();
-                sync(&autodiff);
-                drop(grads);
+            let mut samples = round_robin(operations.len(), warmup, runs, |index| {
+                for _ in 0..repeats[index] {
+                    operations[index]();
+                }
             });
-            UnitBench {
-                shape: unit_shape.clone(),
+            for (operation_samples, &repeat) in samples.iter_mut().zip(&repeats) {
+                operation_samples
+                    .iter_mut()
+                    .for_each(|ms| *ms /= repeat as f64);
+            }
+            let [
                 copy,
                 forward,
-                reference_forward,
+                literal,
                 forward_backward,
                 copy_forward_backward,
+            ] = [0, 1, 2, 3, 4].map(|index| &samples[index]);
+            UnitBench {
+                shape: unit_shape.clone(),
+                copy: Timing::from_samples(copy),
+                forward: Timing::from_samples(forward),
+                reference_forward: Timing::from_samples(literal),
+                forward_backward: Timing::from_samples(forward_backward),
+                copy_forward_backward: Timing::from_samples(copy_forward_backward),
+                forward_ratio: median_ratio(forward, copy),
+                forward_backward_ratio: median_ratio(forward_backward, copy),
+                forward_backward_harness_ratio: median_ratio(
+                    forward_backward,
+                    copy_forward_backward,
+                ),
+                literal_ratio: median_ratio(literal, forward),
             }
         })
         .collect()
