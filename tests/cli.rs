@@ -141,6 +141,36 @@ fn train_eval_predict_on_an_image_folder() {
 }
 
 #[test]
+fn training_splits_batches_across_the_devices_it_is_given() {
+    let folder = tempfile::tempdir().unwrap();
+    let run = folder.path().join("run");
+    let data = fixtures().join("pbc_mini");
+    // Two "devices" that are both the CPU run the data-parallel path: two shards per batch,
+    // each on its own thread, gradients summed on the first device.
+    let output = ppcr([
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--devices",
+        "cpu,cpu",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    assert!(stdout(&output).contains("test metrics (3 images)"));
+
+    // A device the build cannot use is refused before any data is read.
+    let output = ppcr(["train", "--devices", "cpu,cuda:1", "--epochs", "1"]);
+    assert_clean_failure(&output, &["cuda", "--features cuda"]);
+}
+
+#[test]
 fn models_json_lists_every_backbone_and_unit() {
     let output = ppcr(["models", "--json", "--classes", "2", "--input", "28"]);
     assert!(output.status.success());

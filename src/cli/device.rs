@@ -222,37 +222,19 @@ pub fn parse_device(name: Option<&str>) -> anyhow::Result<Device> {
     DeviceSpec::parse(name.unwrap_or("cpu"))?.open()
 }
 
-/// Refuse `--devices` with more than one device, after checking every name; one device is
-/// the same as `--device`.
-///
-/// burn 0.22.1 does all-reduce gradients across devices (parameters marked with
-/// `Tensor::set_distributed` have their gradients averaged inside `backward()` once a
-/// `burn::tensor::distributed::DistributedContext` is running), but only on CUDA (NCCL): flex,
-/// wgpu and LibTorch have no collective operations. Using it needs one thread per device, each
-/// running its own replica of the model in lock step, which this crate's training loop does
-/// not have; burn-train's `Learner` with its DDP strategy does, and the loop is not built on
-/// it. See docs/performance.md, "GPU backends".
-pub fn single_device(names: &[String]) -> anyhow::Result<DeviceSpec> {
+/// The devices `--devices` names, each checked and opened, in order: the first holds the model
+/// and the optimizer, and every training batch is split across all of them (see
+/// `ppcr::train::train_on`). A name may repeat: `cpu,cpu` runs the data-parallel path with two
+/// threads on the CPU.
+pub fn open_devices(names: &[String]) -> anyhow::Result<Vec<Device>> {
+    if names.is_empty() {
+        anyhow::bail!("--devices needs at least one device name");
+    }
     let specs = names
         .iter()
         .map(|name| DeviceSpec::parse(name))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    match specs.as_slice() {
-        [] => anyhow::bail!("--devices needs at least one device name"),
-        [one] => Ok(*one),
-        several => anyhow::bail!(
-            "training on several devices ({}) is not supported: this trainer runs one model on \
-             one device. burn 0.22.1's data-parallel gradient all-reduce works only on CUDA \
-             (NCCL) and needs one training thread per device, which the trainer does not have \
-             yet; train on one device with --device {}",
-            several
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            several[0]
-        ),
-    }
+    specs.into_iter().map(DeviceSpec::open).collect()
 }
 
 #[cfg(test)]
@@ -350,19 +332,13 @@ mod tests {
     }
 
     #[test]
-    fn one_device_in_devices_is_that_device_and_several_are_refused() {
+    fn devices_open_in_order_and_a_bad_name_is_reported_as_such() {
         let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(single_device(&names(&["cpu"])).unwrap(), DeviceSpec::Cpu);
-        let text = single_device(&names(&["cuda:0", "cuda:1"]))
-            .unwrap_err()
-            .to_string();
-        assert!(text.contains("several devices (cuda:0, cuda:1)"), "{text}");
-        assert!(text.contains("--device cuda:0"), "{text}");
-        // A bad name is reported as such, not as "several devices".
-        let text = single_device(&names(&["cuda:0", "cuda:x"]))
+        assert_eq!(open_devices(&names(&["cpu", "cpu"])).unwrap().len(), 2);
+        let text = open_devices(&names(&["cpu", "cuda:x"]))
             .unwrap_err()
             .to_string();
         assert!(text.contains("bad device index"), "{text}");
-        assert!(single_device(&[]).is_err());
+        assert!(open_devices(&[]).is_err());
     }
 }

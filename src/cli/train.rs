@@ -7,11 +7,11 @@ use anyhow::Context;
 use clap::Args;
 
 use super::data_options::{DataArgs, load_dataset};
-use super::device::{DeviceArgs, single_device};
+use super::device::{DeviceArgs, open_devices};
 use super::progress::ConsoleProgress;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
-use ppcr::train::{LogFormat, LrSchedule, SelectionMetric, TrainConfig, train};
+use ppcr::train::{LogFormat, LrSchedule, SelectionMetric, TrainConfig, train_on};
 
 /// Options of `ppcr train`. Every option can also come from the TOML file; flags win.
 #[derive(Args, Debug)]
@@ -29,8 +29,8 @@ pub struct TrainArgs {
     resume: bool,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Several devices for data-parallel training, e.g. cuda:0,cuda:1. Not supported yet: one
-    /// device is the same as --device, several are refused with the reason.
+    /// Several devices for data-parallel training, e.g. cuda:0,cuda:1: every batch is split
+    /// across them; the first holds the model, validates and tests. One is the same as --device.
     #[arg(long, value_delimiter = ',', conflicts_with = "device")]
     devices: Option<Vec<String>>,
 }
@@ -199,9 +199,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         anyhow::bail!("--resume needs --out naming the run folder to continue");
     }
     // The device is settled first, so a wrong name fails before any data is read.
-    let device = match &args.devices {
-        Some(names) => single_device(names)?.open()?,
-        None => args.device.device()?,
+    let devices = match &args.devices {
+        Some(names) => open_devices(names)?,
+        None => vec![args.device.device()?],
     };
     let mut config = resolve_config(&args.settings, args.resume, &args.out)?;
     if let Some(attention) = args.attention {
@@ -216,7 +216,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         None => default_out(&config, &dataset.name),
     };
     let mut progress = ConsoleProgress::new();
-    let outcome = train(&config, &dataset, &out, args.resume, &device, &mut progress)?;
+    let outcome = train_on(
+        &config,
+        &dataset,
+        &out,
+        args.resume,
+        &devices,
+        &mut progress,
+    )?;
     println!(
         "\nbest epoch {} (chosen on validation {:?}); run folder {}",
         outcome.best_epoch,

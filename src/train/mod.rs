@@ -6,6 +6,7 @@
 mod atomic;
 mod checkpoint;
 mod config;
+mod data_parallel;
 mod evaluate;
 mod observer;
 mod pause;
@@ -23,7 +24,7 @@ pub use evaluate::{SplitEvaluation, evaluate_split, load_trained_model, predict_
 pub use observer::{NoObserver, StepProgress, TrainObserver};
 pub use pause::{PAUSE_AT_VAR, PAUSE_MARKER_VAR};
 pub use schedule::LrSchedule;
-pub use trainer::{TrainOutcome, train};
+pub use trainer::{TrainOutcome, train, train_on};
 
 /// The optimizer `train` builds for the default configuration (for the fuzz targets).
 pub(crate) fn default_optimizer() -> burn::optim::ModuleOptimizer {

@@ -13,14 +13,15 @@ use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::optim::{ModuleOptimizer, SgdConfig};
+use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::checkpoint::{EpochRecord, RunDir, RunInfo, TrainState};
+use super::data_parallel::{BatchGradients, batch_gradients};
 use super::evaluate::{SplitEvaluation, evaluate_split};
 use super::pause::pause_point;
 use super::{LogFormat, SelectionMetric, StepProgress, TrainConfig, TrainError, TrainObserver};
@@ -248,6 +249,30 @@ pub fn train(
     device: &Device,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome, TrainError> {
+    train_on(
+        config,
+        dataset,
+        out,
+        resume,
+        std::slice::from_ref(device),
+        observer,
+    )
+}
+
+/// [`train`] with every batch split across `devices` (data parallel, see `data_parallel`): the
+/// model and optimizer live on the first device, which also validates and tests. One device
+/// is exactly [`train`].
+pub fn train_on(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    out: &Path,
+    resume: bool,
+    devices: &[Device],
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainOutcome, TrainError> {
+    let Some(device) = devices.first() else {
+        return Err(TrainError::Config("no device to train on".into()));
+    };
     config.validate().map_err(TrainError::Config)?;
     for (name, split) in [
         ("train", &dataset.train),
@@ -298,7 +323,8 @@ pub fn train(
         }
     }
 
-    let train_device = device.clone().autodiff();
+    let train_devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let train_device = train_devices[0].clone();
     train_device.seed(config.seed);
     let mut model = model_config.init(&train_device)?;
     let params = count_trainable(&model);
@@ -329,7 +355,10 @@ pub fn train(
         &serde_json::to_vec_pretty(&info).expect("run info serialises"),
     )?;
 
-    let loss_fn = loss_function(config, dataset, &train_device);
+    let loss_fns: Vec<_> = train_devices
+        .iter()
+        .map(|device| loss_function(config, dataset, device))
+        .collect();
     let num_classes = dataset.num_classes();
     let train_size = dataset.train.len();
     let batch_size = config.batch_size.min(train_size);
@@ -381,25 +410,18 @@ pub fn train(
                 &normalization,
             );
             let batch = indices.len();
-            let images = Tensor::<4>::from_data(
-                TensorData::new(pixels, [batch, image_dims[0], image_dims[1], image_dims[2]]),
-                &train_device,
-            );
-            let targets = Tensor::<1, Int>::from_data(
-                TensorData::new(
-                    labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
-                    [batch],
-                ),
-                &train_device,
-            );
-            let logits = model.try_forward(images)?;
-            let logit_values = logits
-                .clone()
-                .into_data()
-                .try_to_vec::<f32>()
-                .expect("float logits");
-            let loss = loss_fn.forward(logits, targets);
-            let loss_value: f32 = loss.clone().into_scalar();
+            let BatchGradients {
+                loss: loss_value,
+                logits: logit_values,
+                grads,
+            } = batch_gradients(
+                &model,
+                &train_devices,
+                &loss_fns,
+                &pixels,
+                &labels,
+                image_dims,
+            )?;
             if !loss_value.is_finite() {
                 return Err(TrainError::Diverged {
                     epoch: epoch + 1,
@@ -407,7 +429,6 @@ pub fn train(
                     value: loss_value,
                 });
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
 
             loss_sum += loss_value as f64 * batch as f64;
