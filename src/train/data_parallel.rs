@@ -9,6 +9,13 @@
 //! gradient of the whole batch's mean loss. BatchNorm normalises each shard with its own
 //! statistics, as in burn's strategy (and PyTorch's DistributedDataParallel without SyncBN), so
 //! a step on several devices is close to, not equal to, the same step on one.
+//!
+//! BatchNorm's running statistics live in burn's `RunningState`, which every fork shares: each
+//! thread files its update under its thread id, and the updates are averaged when the state is
+//! next synchronised. burn-train's workers are long-lived threads, so each step's updates
+//! replace the last ones there; these shard threads are new every step, so the model is
+//! synchronised after every step (`Module::train`), which makes the running statistics move as
+//! on one device with the mean of the shards' batch statistics.
 
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -18,9 +25,12 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use super::TrainError;
 use crate::models::ResNet;
 
-/// What one step computed: the batch's mean loss, its logits (row-major, samples in batch
-/// order) and the parameter gradients on the first device.
+/// What one step computed: the model (its running statistics updated), the batch's mean loss,
+/// its logits (row-major, samples in batch order) and the parameter gradients on the first
+/// device.
 pub(crate) struct BatchGradients {
+    /// The model the step ran, with BatchNorm's running statistics of every shard merged.
+    pub model: ResNet,
     /// Mean loss over the batch.
     pub loss: f32,
     /// `[batch, classes]` logits.
@@ -34,7 +44,7 @@ pub(crate) struct BatchGradients {
 /// (autodiff devices, `model` on the first; `loss_fns[i]` built on `devices[i]`). A batch
 /// smaller than the device list uses the first `batch` devices.
 pub(crate) fn batch_gradients(
-    model: &ResNet,
+    model: ResNet,
     devices: &[Device],
     loss_fns: &[CrossEntropyLoss],
     pixels: &[f32],
@@ -46,7 +56,7 @@ pub(crate) fn batch_gradients(
     let shards = shard_ranges(batch, devices.len());
     if shards.len() == 1 {
         let (loss, logits, grads) = shard_gradients(
-            model,
+            &model,
             &devices[0],
             &loss_fns[0],
             pixels,
@@ -54,13 +64,16 @@ pub(crate) fn batch_gradients(
             image_dims,
             None,
         )?;
+        let grads = GradientsParams::from_grads(grads, &model);
         return Ok(BatchGradients {
+            model,
             loss,
             logits,
-            grads: GradientsParams::from_grads(grads, model),
+            grads,
         });
     }
     let main = &devices[0];
+    let model_ref = &model;
     let results = std::thread::scope(|scope| {
         let workers: Vec<_> = shards
             .iter()
@@ -71,7 +84,7 @@ pub(crate) fn batch_gradients(
                 let shard_labels = &labels[range.clone()];
                 let share = range.len() as f32 / batch as f32;
                 scope.spawn(move || {
-                    let shard_model = model.clone().fork(device);
+                    let shard_model = model_ref.clone().fork(device);
                     let (loss, logits, grads) = shard_gradients(
                         &shard_model,
                         device,
@@ -102,9 +115,10 @@ pub(crate) fn batch_gradients(
     for (shard_loss, shard_logits, grads) in results {
         loss += shard_loss;
         logits.extend(shard_logits);
-        accumulator.accumulate(model, grads);
+        accumulator.accumulate(&model, grads);
     }
     Ok(BatchGradients {
+        model: model.train(),
         loss,
         logits,
         grads: accumulator.grads(),
@@ -170,19 +184,77 @@ mod tests {
         assert_eq!(shard_ranges(5, 1), vec![0..5]);
     }
 
-    #[test]
-    fn shards_on_two_devices_give_the_sum_of_their_share_weighted_gradients() {
-        let device = Device::flex().autodiff();
+    /// A ResNet-20 + PPCR for 16x16 grey images and 3 classes, the same weights every call.
+    fn small_model(device: &Device) -> ResNet {
         device.seed(3);
-        let model = ResNetConfig::new(
+        ResNetConfig::new(
             Backbone::ResNet20,
             AttentionConfig::new(AttentionKind::Ppcr),
             3,
         )
         .with_in_channels(1)
         .with_input_size(16)
-        .init(&device)
+        .init(device)
+        .unwrap()
+    }
+
+    #[test]
+    fn running_statistics_move_with_the_mean_of_the_shards_updates() {
+        let device = Device::flex().autodiff();
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let pixels = crate::attention::testing::seeded_values(4 * 256, 5);
+        let labels = vec![0, 1, 2, 1];
+        let running_mean = |model: &ResNet| {
+            let mean = model.stem.norm.running_mean.value();
+            mean.into_data().try_to_vec::<f32>().unwrap()
+        };
+        let split = batch_gradients(
+            small_model(&device),
+            &[device.clone(), device.clone()],
+            &[loss_fn.clone(), loss_fn.clone()],
+            &pixels,
+            &labels,
+            [1, 16, 16],
+        )
         .unwrap();
+        // Each shard's update alone, from the same starting model (a fresh one each: clones
+        // share their running state).
+        let shard_means: Vec<Vec<f32>> = [0..2, 2..4]
+            .into_iter()
+            .map(|range| {
+                let model = small_model(&device);
+                let pixels = &pixels[range.start * 256..range.end * 256];
+                shard_gradients(
+                    &model,
+                    &device,
+                    &loss_fn,
+                    pixels,
+                    &labels[range],
+                    [1, 16, 16],
+                    None,
+                )
+                .unwrap();
+                running_mean(&model.train())
+            })
+            .collect();
+        let merged = running_mean(&split.model);
+        let start = running_mean(&small_model(&device));
+        assert!(
+            merged.iter().zip(&start).any(|(m, s)| m != s),
+            "the statistics moved"
+        );
+        for ((m, a), b) in merged.iter().zip(&shard_means[0]).zip(&shard_means[1]) {
+            assert!(
+                (m - (a + b) / 2.0).abs() < 1e-6,
+                "{m} vs mean of {a} and {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn shards_on_two_devices_give_the_sum_of_their_share_weighted_gradients() {
+        let device = Device::flex().autodiff();
+        let model = small_model(&device);
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
         let dims = [1, 16, 16];
         let batch = 6;
@@ -192,7 +264,7 @@ mod tests {
         // they would on two GPUs.
         let devices = [device.clone(), device.clone()];
         let split = batch_gradients(
-            &model,
+            model.clone(),
             &devices,
             &[loss_fn.clone(), loss_fn.clone()],
             &pixels,

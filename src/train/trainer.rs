@@ -411,11 +411,12 @@ pub fn train_on(
             );
             let batch = indices.len();
             let BatchGradients {
+                model: stepped,
                 loss: loss_value,
                 logits: logit_values,
                 grads,
             } = batch_gradients(
-                &model,
+                model,
                 &train_devices,
                 &loss_fns,
                 &pixels,
@@ -429,7 +430,7 @@ pub fn train_on(
                     value: loss_value,
                 });
             }
-            model = optim.step(lr, model, grads);
+            model = optim.step(lr, stepped, grads);
 
             loss_sum += loss_value as f64 * batch as f64;
             seen += batch;
