@@ -9,6 +9,7 @@ mod cbam;
 mod eca;
 mod factory;
 mod gct;
+mod kernels;
 mod ppcr;
 mod ppcr_fused;
 mod se;
