@@ -14,6 +14,7 @@ mod ppcr;
 mod ppcr_fused;
 mod se;
 mod simam;
+mod simam_fused;
 mod srm;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -9,6 +9,8 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Tensor, activation};
 
+use super::simam_fused;
+
 /// Configuration of a [`SimAm`] unit.
 #[derive(Config, Debug)]
 pub struct SimAmConfig {
@@ -49,7 +51,20 @@ impl SimAm {
     }
 
     /// Reweight every neuron of `x` (`[B, C, H, W]`).
+    ///
+    /// On the Flex backend (plain or autodiff, `f32`) this runs the fused kernel of
+    /// `simam_fused`, one autodiff node with a hand-written backward; elsewhere
+    /// [`SimAm::tensor_forward`].
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if simam_fused::fused_available(&x) {
+            return simam_fused::reweight(x, self.lambda);
+        }
+        self.tensor_forward(x)
+    }
+
+    /// The forward pass composed of burn tensor operations: what backends without the fused
+    /// kernel run, and what the fused kernel's values and gradients are tested against.
+    pub fn tensor_forward(&self, x: Tensor<4>) -> Tensor<4> {
         x.clone() * self.neuron_weights(x)
     }
 
