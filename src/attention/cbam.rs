@@ -11,6 +11,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor, activation};
 
+use super::cbam_fused;
+
 /// Configuration of a [`Cbam`] unit.
 #[derive(Config, Debug)]
 pub struct CbamConfig {
@@ -63,7 +65,28 @@ impl Cbam {
     }
 
     /// Apply the channel gate, then the spatial gate, to `x` (`[B, C, H, W]`).
+    ///
+    /// On the Flex backend (plain or autodiff, `f32`) the three steps that pass over the whole
+    /// map run as the fused operations of `cbam_fused`; elsewhere [`Cbam::tensor_forward`].
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if !cbam_fused::fused_available(&x) {
+            return self.tensor_forward(x);
+        }
+        let [batch, channels, _, _] = x.dims();
+        let pools = cbam_fused::channel_pools(x.clone());
+        let average = pools.clone().narrow(1, 0, 1).reshape([batch, channels]);
+        let maximum = pools.narrow(1, 1, 1).reshape([batch, channels]);
+        let channel_gate =
+            activation::sigmoid(self.channel_mlp(average) + self.channel_mlp(maximum));
+        let pooled = cbam_fused::spatial_pools(x.clone(), channel_gate.clone());
+        let spatial_gate =
+            activation::sigmoid(self.spatial_norm.forward(self.spatial_conv.forward(pooled)));
+        cbam_fused::gated_product(x, channel_gate, spatial_gate)
+    }
+
+    /// The forward pass composed of burn tensor operations: what backends without the fused
+    /// operations run, and what they are tested against.
+    pub fn tensor_forward(&self, x: Tensor<4>) -> Tensor<4> {
         let refined = self.channel_gate(x);
         let spatial = self.spatial_weights(refined.clone());
         refined * spatial

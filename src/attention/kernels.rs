@@ -57,6 +57,44 @@ pub(crate) fn flex_tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// Values summed in separate accumulators, so the sums vectorise with the same association in
+/// every compilation (a single running sum would be a chain of dependent additions).
+pub(crate) const LANES: usize = 8;
+
+/// `sum_i f(values_i)` over [`LANES`] accumulators, combined in a fixed order.
+#[inline(always)]
+pub(crate) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, value) in lanes.iter_mut().zip(chunk) {
+            *lane += f(*value);
+        }
+    }
+    for (lane, value) in lanes.iter_mut().zip(rest) {
+        *lane += f(*value);
+    }
+    lanes.iter().sum()
+}
+
+/// The largest of `values` (`-inf` for none), over [`LANES`] accumulators so it vectorises.
+#[inline(always)]
+pub(crate) fn lane_max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &value) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(value);
+        }
+    }
+    for (lane, &value) in lanes.iter_mut().zip(rest) {
+        *lane = lane.max(value);
+    }
+    lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// `1 / (1 + exp(-z))` with `exp` written out (Cephes' `expf`: round to a power of two, a
 /// degree-6 polynomial on the remainder, about 1 ulp), so loops over pixels
 /// vectorise; the library `exp` is a call per pixel. Exact at `z = 0` (a zero-weight PPCR unit

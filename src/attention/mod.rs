@@ -6,6 +6,7 @@
 //! them from one name, as timm's `attn_layer` does.
 
 mod cbam;
+mod cbam_fused;
 mod eca;
 mod factory;
 mod gct;

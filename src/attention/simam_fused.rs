@@ -24,8 +24,8 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::kernels::{
-    assume_written, contiguous_values, dispatch_vector_width, flex_tensor, on_flex_f32, sigmoid,
-    unwritten, writable_contiguous,
+    LANES, assume_written, contiguous_values, dispatch_vector_width, flex_tensor, lane_sum,
+    on_flex_f32, sigmoid, unwritten, writable_contiguous,
 };
 
 /// The fused SimAM reweighting as a backend extension operation.
@@ -118,27 +118,6 @@ fn planes_per_task(plane_len: usize, planes: usize) -> usize {
     } else {
         PARALLEL_GRAIN.div_ceil(plane_len.max(1))
     }
-}
-
-/// Values summed in separate accumulators, so the sums vectorise with the same association in
-/// every compilation (a single running sum would be a chain of dependent additions).
-const LANES: usize = 8;
-
-/// `sum_i f(values_i)` over [`LANES`] accumulators, combined in a fixed order.
-#[inline(always)]
-fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (lane, value) in lanes.iter_mut().zip(chunk) {
-            *lane += f(*value);
-        }
-    }
-    for (lane, value) in lanes.iter_mut().zip(rest) {
-        *lane += f(*value);
-    }
-    lanes.iter().sum()
 }
 
 /// `sum_i f(xs_i, ys_i)` over [`LANES`] accumulators, combined in a fixed order.

@@ -1,0 +1,503 @@
+//! CBAM's passes over the feature map as fused CPU operations on the Flex backend.
+//!
+//! Woo et al., "CBAM: Convolutional Block Attention Module" (ECCV 2018); the unit is defined in
+//! `cbam.rs`. Composed of burn tensor operations, CBAM makes about eight passes over the
+//! feature map in the forward (spatial mean and max, the channel-gated map, channel mean and
+//! max of it, their concatenation, the product) and more in the backward, which made it one of
+//! the slowest units of the zoo in a ResNet-20 training step (+27%, docs/performance.md). Here
+//! the three steps that touch the whole map are one pass each, with hand-written backward
+//! steps; the small parts (the MLP on `[B, C]`, the 7x7 convolution on `[B, 2, H, W]`) stay burn
+//! operations:
+//! - [`channel_pools`]: `[B, C, H, W] -> [B, 2, C]`, each plane's mean and max;
+//! - [`spatial_pools`]: `x` and the channel gate `w` `[B, C]` -> `[B, 2, H, W]`, the max and the
+//!   mean over channels of `x * w`, without materialising `x * w`;
+//! - [`gated_product`]: `x * w * s` for the channel gate `w` and the spatial gate `s`
+//!   `[B, 1, H, W]`.
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{
+    Backend, Dispatch, Flex, TensorMetadata, backend_extension, tensor::FloatTensor,
+};
+use burn::tensor::{Shape, Tensor};
+use rayon::prelude::*;
+
+use super::kernels::{
+    contiguous_values, flex_tensor, lane_max, lane_sum, on_flex_f32, writable_contiguous,
+};
+
+/// CBAM's three whole-map steps as backend extension operations, for `Flex` (forward only) and
+/// `Autodiff<Flex>` (with hand-written backward nodes).
+#[backend_extension(Flex, Autodiff)]
+pub trait CbamOps: Backend {
+    /// `[B, C, H, W] -> [B, 2, C]`: each plane's mean (row 0) and max (row 1).
+    fn cbam_channel_pools(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x` `[B, C, H, W]`, `gate` `[B, C]` -> `[B, 2, H, W]`: the max (channel 0) and mean
+    /// (channel 1) over channels of `x * gate`.
+    fn cbam_spatial_pools(x: FloatTensor<Self>, gate: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x * channel_gate * spatial_gate` for `x` `[B, C, H, W]`, `channel_gate` `[B, C]` and
+    /// `spatial_gate` `[B, 1, H, W]`.
+    fn cbam_gated_product(
+        x: FloatTensor<Self>,
+        channel_gate: FloatTensor<Self>,
+        spatial_gate: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// Whether the fused operations can run on `x`: Flex (plain or autodiff), `f32`.
+pub fn fused_available(x: &Tensor<4>) -> bool {
+    on_flex_f32(x)
+}
+
+/// Each plane's mean and max, `[B, 2, C]`; see [`CbamOps::cbam_channel_pools`].
+pub fn channel_pools(x: Tensor<4>) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as CbamOps>::cbam_channel_pools(x.into_dispatch()))
+}
+
+/// The max and mean over channels of `x * gate`, `[B, 2, H, W]`; see
+/// [`CbamOps::cbam_spatial_pools`].
+pub fn spatial_pools(x: Tensor<4>, gate: Tensor<2>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as CbamOps>::cbam_spatial_pools(
+        x.into_dispatch(),
+        gate.into_dispatch(),
+    ))
+}
+
+/// `x * channel_gate * spatial_gate`; see [`CbamOps::cbam_gated_product`].
+pub fn gated_product(x: Tensor<4>, channel_gate: Tensor<2>, spatial_gate: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as CbamOps>::cbam_gated_product(
+        x.into_dispatch(),
+        channel_gate.into_dispatch(),
+        spatial_gate.into_dispatch(),
+    ))
+}
+
+impl CbamOps for Flex {
+    fn cbam_channel_pools(x: FlexTensor) -> FlexTensor {
+        channel_pools_forward(&x)
+    }
+
+    fn cbam_spatial_pools(x: FlexTensor, gate: FlexTensor) -> FlexTensor {
+        spatial_pools_forward(&x, &gate).0
+    }
+
+    fn cbam_gated_product(
+        x: FlexTensor,
+        channel_gate: FlexTensor,
+        spatial_gate: FlexTensor,
+    ) -> FlexTensor {
+        gated_product_forward(&x, &channel_gate, &spatial_gate)
+    }
+}
+
+impl<C: CheckpointStrategy> CbamOps for Autodiff<Flex, C> {
+    fn cbam_channel_pools(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let guards = [x.node()];
+        let x = x.into_primitive();
+        let output = channel_pools_forward(&x);
+        match ChannelPoolsBackward
+            .prepare::<C>(guards)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let pools = output.clone();
+                prep.finish((x, pools), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+
+    fn cbam_spatial_pools(x: FloatTensor<Self>, gate: FloatTensor<Self>) -> FloatTensor<Self> {
+        let guards = [x.node(), gate.node()];
+        let (x, gate) = (x.into_primitive(), gate.into_primitive());
+        let (output, argmax) = spatial_pools_forward(&x, &gate);
+        match SpatialPoolsBackward
+            .prepare::<C>(guards)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x, gate, std::sync::Arc::new(argmax)), output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+
+    fn cbam_gated_product(
+        x: FloatTensor<Self>,
+        channel_gate: FloatTensor<Self>,
+        spatial_gate: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let guards = [x.node(), channel_gate.node(), spatial_gate.node()];
+        let x = x.into_primitive();
+        let (channel_gate, spatial_gate) =
+            (channel_gate.into_primitive(), spatial_gate.into_primitive());
+        let output = gated_product_forward(&x, &channel_gate, &spatial_gate);
+        match GatedProductBackward
+            .prepare::<C>(guards)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x, channel_gate, spatial_gate), output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+}
+
+/// `[B, C, H, W]` as `(B, C, H * W)`.
+fn dims(x: &FlexTensor) -> (usize, usize, usize) {
+    let [batch, channels, height, width] = x.shape().dims();
+    (batch, channels, height * width)
+}
+
+/// Inputs smaller than this many values run as one rayon task (as for the other kernels).
+const PARALLEL_GRAIN: usize = 1 << 19;
+
+/// Items of `item_len` values one rayon task takes, for `items` items.
+fn items_per_task(item_len: usize, items: usize) -> usize {
+    if item_len * items < PARALLEL_GRAIN {
+        items.max(1)
+    } else {
+        PARALLEL_GRAIN.div_ceil(item_len.max(1))
+    }
+}
+
+fn channel_pools_forward(x: &FlexTensor) -> FlexTensor {
+    let (batch, channels, pixels) = dims(x);
+    let values = contiguous_values(x);
+    let mut pools = vec![0.0f32; batch * 2 * channels];
+    pools
+        .par_chunks_mut(2 * channels)
+        .zip(values.par_chunks((channels * pixels).max(1)))
+        .with_min_len(items_per_task(channels * pixels, batch))
+        .for_each(|(pools, sample)| {
+            let (means, maxima) = pools.split_at_mut(channels);
+            for ((mean, maximum), plane) in means
+                .iter_mut()
+                .zip(maxima)
+                .zip(sample.chunks(pixels.max(1)))
+            {
+                *mean = lane_sum(plane, |x| x) / pixels as f32;
+                *maximum = lane_max(plane);
+            }
+        });
+    flex_tensor(pools, Shape::new([batch, 2, channels]))
+}
+
+#[derive(Debug)]
+struct ChannelPoolsBackward;
+
+impl Backward<Flex, 1> for ChannelPoolsBackward {
+    /// The input and the pools it gave.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node] = ops.parents;
+        let grad_pools = grads.consume::<Flex>(&ops.node);
+        let Some(node) = x_node else { return };
+        let (x, pools) = &ops.state;
+        let (batch, channels, pixels) = dims(x);
+        let (values, pools) = (contiguous_values(x), contiguous_values(pools));
+        let grad_pools = contiguous_values(&grad_pools);
+        let mut grad_x = vec![0.0f32; values.len()];
+        grad_x
+            .par_chunks_mut((channels * pixels).max(1))
+            .zip(values.par_chunks((channels * pixels).max(1)))
+            .zip(pools.par_chunks(2 * channels))
+            .zip(grad_pools.par_chunks(2 * channels))
+            .with_min_len(items_per_task(channels * pixels, batch))
+            .for_each(|(((grad, sample), pools), grad_pools)| {
+                for (channel, (grad, plane)) in grad
+                    .chunks_mut(pixels.max(1))
+                    .zip(sample.chunks(pixels.max(1)))
+                    .enumerate()
+                {
+                    grad.fill(grad_pools[channel] / pixels as f32);
+                    // The max's gradient goes to its first occurrence, as burn's `max_dims`.
+                    let maximum = pools[channels + channel];
+                    if let Some(at) = plane.iter().position(|&v| v == maximum) {
+                        grad[at] += grad_pools[channels + channel];
+                    }
+                }
+            });
+        grads.register::<Flex>(node.id, flex_tensor(grad_x, x.shape()));
+    }
+}
+
+/// The pools and, per pixel, the channel that gave the max (for the backward step).
+fn spatial_pools_forward(x: &FlexTensor, gate: &FlexTensor) -> (FlexTensor, Vec<u32>) {
+    let (batch, channels, pixels) = dims(x);
+    let (values, gate) = (contiguous_values(x), contiguous_values(gate));
+    let mut pools = vec![0.0f32; batch * 2 * pixels];
+    let mut argmax = vec![0u32; batch * pixels];
+    pools
+        .par_chunks_mut((2 * pixels).max(1))
+        .zip(argmax.par_chunks_mut(pixels.max(1)))
+        .zip(values.par_chunks((channels * pixels).max(1)))
+        .zip(gate.par_chunks(channels.max(1)))
+        .with_min_len(items_per_task(channels * pixels, batch))
+        .for_each(|(((pools, argmax), sample), gate)| {
+            let (maxima, means) = pools.split_at_mut(pixels);
+            maxima.fill(f32::NEG_INFINITY);
+            for (channel, (plane, &g)) in sample.chunks(pixels.max(1)).zip(gate).enumerate() {
+                for (((maximum, mean), at), &x) in maxima
+                    .iter_mut()
+                    .zip(means.iter_mut())
+                    .zip(argmax.iter_mut())
+                    .zip(plane)
+                {
+                    let value = x * g;
+                    // Strictly greater: the first channel with the max keeps it, as burn's
+                    // `max_dim` gives it the gradient.
+                    if value > *maximum {
+                        *maximum = value;
+                        *at = channel as u32;
+                    }
+                    *mean += value;
+                }
+            }
+            means.iter_mut().for_each(|mean| *mean /= channels as f32);
+        });
+    let [_, _, height, width] = x.shape().dims();
+    let shape = Shape::new([batch, 2, height, width]);
+    (flex_tensor(pools, shape), argmax)
+}
+
+#[derive(Debug)]
+struct SpatialPoolsBackward;
+
+impl Backward<Flex, 2> for SpatialPoolsBackward {
+    /// The input, the gate and each pixel's max channel.
+    type State = (FlexTensor, FlexTensor, std::sync::Arc<Vec<u32>>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, gate_node] = ops.parents;
+        let grad_pools = grads.consume::<Flex>(&ops.node);
+        let (x, gate, argmax) = &ops.state;
+        let (batch, channels, pixels) = dims(x);
+        let (values, gate_values) = (contiguous_values(x), contiguous_values(gate));
+        let grad_pools = contiguous_values(&grad_pools);
+        let mut grad_x = vec![0.0f32; values.len()];
+        let mut grad_gate = vec![0.0f32; batch * channels];
+        grad_x
+            .par_chunks_mut((channels * pixels).max(1))
+            .zip(grad_gate.par_chunks_mut(channels.max(1)))
+            .zip(values.par_chunks((channels * pixels).max(1)))
+            .zip(gate_values.par_chunks(channels.max(1)))
+            .zip(grad_pools.par_chunks((2 * pixels).max(1)))
+            .zip(argmax.par_chunks(pixels.max(1)))
+            .with_min_len(items_per_task(channels * pixels, batch))
+            .for_each(
+                |(((((grad, grad_gate), sample), gate), grad_pools), argmax)| {
+                    let (grad_max, grad_mean) = grad_pools.split_at(pixels);
+                    for (channel, (((grad, plane), &g), grad_g)) in grad
+                        .chunks_mut(pixels.max(1))
+                        .zip(sample.chunks(pixels.max(1)))
+                        .zip(gate)
+                        .zip(grad_gate.iter_mut())
+                        .enumerate()
+                    {
+                        let mut sum = 0.0f32;
+                        for ((((out, &x), &dmax), &dmean), &at) in grad
+                            .iter_mut()
+                            .zip(plane)
+                            .zip(grad_max)
+                            .zip(grad_mean)
+                            .zip(argmax)
+                        {
+                            // The gradient reaching `x * g` at this pixel and channel.
+                            let upstream = dmean / channels as f32
+                                + if at as usize == channel { dmax } else { 0.0 };
+                            *out = upstream * g;
+                            sum += upstream * x;
+                        }
+                        *grad_g = sum;
+                    }
+                },
+            );
+        if let Some(node) = x_node {
+            grads.register::<Flex>(node.id, flex_tensor(grad_x, x.shape()));
+        }
+        if let Some(node) = gate_node {
+            grads.register::<Flex>(node.id, flex_tensor(grad_gate, gate.shape()));
+        }
+    }
+}
+
+fn gated_product_forward(
+    x: &FlexTensor,
+    channel_gate: &FlexTensor,
+    spatial_gate: &FlexTensor,
+) -> FlexTensor {
+    let (batch, channels, pixels) = dims(x);
+    let values = contiguous_values(x);
+    let (channel_gate, spatial_gate) = (
+        contiguous_values(channel_gate),
+        contiguous_values(spatial_gate),
+    );
+    let mut output = vec![0.0f32; values.len()];
+    output
+        .par_chunks_mut((channels * pixels).max(1))
+        .zip(values.par_chunks((channels * pixels).max(1)))
+        .zip(channel_gate.par_chunks(channels.max(1)))
+        .zip(spatial_gate.par_chunks(pixels.max(1)))
+        .with_min_len(items_per_task(channels * pixels, batch))
+        .for_each(|(((out, sample), channel_gate), spatial_gate)| {
+            for ((out, plane), &g) in out
+                .chunks_mut(pixels.max(1))
+                .zip(sample.chunks(pixels.max(1)))
+                .zip(channel_gate)
+            {
+                for ((y, &x), &s) in out.iter_mut().zip(plane).zip(spatial_gate) {
+                    *y = x * g * s;
+                }
+            }
+        });
+    flex_tensor(output, x.shape())
+}
+
+#[derive(Debug)]
+struct GatedProductBackward;
+
+impl Backward<Flex, 3> for GatedProductBackward {
+    /// The three inputs.
+    type State = (FlexTensor, FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, channel_node, spatial_node] = ops.parents;
+        let grad_output = grads.consume::<Flex>(&ops.node);
+        let (x, channel_gate, spatial_gate) = &ops.state;
+        let (batch, channels, pixels) = dims(x);
+        let values = contiguous_values(x);
+        let (channel_values, spatial_values) = (
+            contiguous_values(channel_gate),
+            contiguous_values(spatial_gate),
+        );
+        let mut grad = writable_contiguous(grad_output);
+        let mut grad_channel = vec![0.0f32; batch * channels];
+        let mut grad_spatial = vec![0.0f32; batch * pixels];
+        grad.try_storage_mut::<f32>()
+            .expect("writable_contiguous returns an unshared tensor")
+            .par_chunks_mut((channels * pixels).max(1))
+            .zip(grad_channel.par_chunks_mut(channels.max(1)))
+            .zip(grad_spatial.par_chunks_mut(pixels.max(1)))
+            .zip(values.par_chunks((channels * pixels).max(1)))
+            .zip(channel_values.par_chunks(channels.max(1)))
+            .zip(spatial_values.par_chunks(pixels.max(1)))
+            .with_min_len(items_per_task(channels * pixels, batch))
+            .for_each(
+                |(((((grad, grad_channel), grad_spatial), sample), channel_gate), spatial_gate)| {
+                    for (((grad, plane), &g), grad_g) in grad
+                        .chunks_mut(pixels.max(1))
+                        .zip(sample.chunks(pixels.max(1)))
+                        .zip(channel_gate)
+                        .zip(grad_channel.iter_mut())
+                    {
+                        let mut sum = 0.0f32;
+                        for (((dy, &x), &s), grad_s) in grad
+                            .iter_mut()
+                            .zip(plane)
+                            .zip(spatial_gate)
+                            .zip(grad_spatial.iter_mut())
+                        {
+                            sum += *dy * x * s;
+                            *grad_s += *dy * x * g;
+                            *dy *= g * s;
+                        }
+                        *grad_g = sum;
+                    }
+                },
+            );
+        if let Some(node) = channel_node {
+            grads.register::<Flex>(node.id, flex_tensor(grad_channel, channel_gate.shape()));
+        }
+        if let Some(node) = spatial_node {
+            grads.register::<Flex>(node.id, flex_tensor(grad_spatial, spatial_gate.shape()));
+        }
+        if let Some(node) = x_node {
+            grads.register::<Flex>(node.id, grad);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::testing::{device, random_tensor};
+    use crate::attention::{Cbam, CbamConfig};
+    use burn::tensor::Device;
+
+    /// `[B, C, H, W]`: uneven maps, a single pixel, batch 1 and 3.
+    const SHAPES: [[usize; 4]; 4] = [[2, 8, 4, 4], [1, 16, 3, 7], [3, 8, 1, 1], [2, 12, 9, 2]];
+
+    fn unit(channels: usize, device: &Device) -> Cbam {
+        device.seed(7);
+        CbamConfig::new(channels)
+            .with_reduction(4)
+            .with_spatial_kernel(3)
+            .init(device)
+    }
+
+    fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+        tensor.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    fn assert_close(fused: &[f32], reference: &[f32], what: &str) {
+        assert_eq!(fused.len(), reference.len(), "{what}");
+        for (index, (f, r)) in fused.iter().zip(reference).enumerate() {
+            assert!(
+                (f - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                "{what} {index}: fused {f} vs tensor formulation {r}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fused_path_is_taken_on_flex_with_and_without_autodiff() {
+        for device in [device(), device().autodiff()] {
+            assert!(fused_available(&random_tensor([1, 2, 2, 2], 1, &device)));
+        }
+    }
+
+    #[test]
+    fn fused_forward_matches_the_tensor_formulation() {
+        let device = device();
+        for (seed, shape) in SHAPES.into_iter().enumerate() {
+            let cbam = unit(shape[1], &device);
+            let x = random_tensor(shape, seed as u64, &device).mul_scalar(2.0);
+            let fused = values(cbam.forward(x.clone()));
+            let reference = values(cbam.tensor_forward(x));
+            assert_close(&fused, &reference, &format!("{shape:?} value"));
+        }
+    }
+
+    #[test]
+    fn fused_gradients_match_the_tensor_formulation() {
+        let device = device().autodiff();
+        for (seed, shape) in SHAPES.into_iter().enumerate() {
+            let cbam = unit(shape[1], &device);
+            let x = random_tensor(shape, seed as u64 + 10, &device).mul_scalar(2.0);
+            // A non-uniform upstream gradient, so every term of every backward step counts.
+            let upstream = random_tensor(shape, seed as u64 + 20, &device);
+            let gradients = |forward: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+                let x = x.clone().detach().require_grad();
+                let grads = (forward(x.clone()) * upstream.clone()).sum().backward();
+                let mut all = values(x.grad(&grads).unwrap());
+                all.extend(values(
+                    cbam.channel_reduce.weight.val().grad(&grads).unwrap(),
+                ));
+                all.extend(values(
+                    cbam.channel_expand.weight.val().grad(&grads).unwrap(),
+                ));
+                all.extend(values(cbam.spatial_conv.weight.val().grad(&grads).unwrap()));
+                all
+            };
+            let fused = gradients(&|x| cbam.forward(x));
+            let reference = gradients(&|x| cbam.tensor_forward(x));
+            assert_close(&fused, &reference, &format!("{shape:?} gradient"));
+        }
+    }
+}
