@@ -79,8 +79,8 @@ impl Cbam {
         let channel_gate =
             activation::sigmoid(self.channel_mlp(average) + self.channel_mlp(maximum));
         let pooled = cbam_fused::spatial_pools(x.clone(), channel_gate.clone());
-        let spatial_gate =
-            activation::sigmoid(self.spatial_norm.forward(self.spatial_conv.forward(pooled)));
+        let convolved = cbam_fused::spatial_conv(pooled, self.spatial_conv.weight.val());
+        let spatial_gate = activation::sigmoid(self.spatial_norm.forward(convolved));
         cbam_fused::gated_product(x, channel_gate, spatial_gate)
     }
 

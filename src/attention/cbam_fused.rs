@@ -46,6 +46,10 @@ pub trait CbamOps: Backend {
         channel_gate: FloatTensor<Self>,
         spatial_gate: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+    /// The spatial gate's convolution: `pooled` `[B, I, H, W]` with `weight` `[1, I, K, K]`
+    /// (odd `K`), stride 1, zero padding `(K - 1) / 2`, no bias -> `[B, 1, H, W]`.
+    fn cbam_spatial_conv(pooled: FloatTensor<Self>, weight: FloatTensor<Self>)
+    -> FloatTensor<Self>;
 }
 
 /// Whether the fused operations can run on `x`: Flex (plain or autodiff), `f32`.
@@ -64,6 +68,14 @@ pub fn spatial_pools(x: Tensor<4>, gate: Tensor<2>) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as CbamOps>::cbam_spatial_pools(
         x.into_dispatch(),
         gate.into_dispatch(),
+    ))
+}
+
+/// The spatial gate's convolution; see [`CbamOps::cbam_spatial_conv`].
+pub fn spatial_conv(pooled: Tensor<4>, weight: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as CbamOps>::cbam_spatial_conv(
+        pooled.into_dispatch(),
+        weight.into_dispatch(),
     ))
 }
 
@@ -91,6 +103,10 @@ impl CbamOps for Flex {
         spatial_gate: FlexTensor,
     ) -> FlexTensor {
         gated_product_forward(&x, &channel_gate, &spatial_gate)
+    }
+
+    fn cbam_spatial_conv(pooled: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        spatial_conv_forward(&pooled, &weight)
     }
 }
 
@@ -142,6 +158,23 @@ impl<C: CheckpointStrategy> CbamOps for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => prep.finish((x, channel_gate, spatial_gate), output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+
+    fn cbam_spatial_conv(
+        pooled: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let guards = [pooled.node(), weight.node()];
+        let (pooled, weight) = (pooled.into_primitive(), weight.into_primitive());
+        let output = spatial_conv_forward(&pooled, &weight);
+        match SpatialConvBackward
+            .prepare::<C>(guards)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((pooled, weight), output),
             OpsKind::UnTracked(prep) => prep.finish(output),
         }
     }
@@ -423,6 +456,136 @@ impl Backward<Flex, 3> for GatedProductBackward {
     }
 }
 
+/// The convolution's sizes: batch, input channels, height, width, kernel size.
+fn conv_dims(pooled: &FlexTensor, weight: &FlexTensor) -> (usize, usize, usize, usize, usize) {
+    let [batch, inputs, height, width] = pooled.shape().dims();
+    let [_, _, kernel, _] = weight.shape().dims();
+    (batch, inputs, height, width, kernel)
+}
+
+/// The output positions `y` whose input `y + offset - pad` lies inside `0..length` (empty
+/// when the tap misses the map entirely).
+#[inline(always)]
+fn covered(length: usize, offset: usize, pad: usize) -> std::ops::Range<usize> {
+    let start = pad.saturating_sub(offset).min(length);
+    let end = (length + pad).saturating_sub(offset).min(length).max(start);
+    start..end
+}
+
+/// `out[b, y, x] = sum_{i, ky, kx} w[i, ky, kx] in[b, i, y + ky - p, x + kx - p]`, as shifted
+/// row additions: for each tap, the overlapping part of every row at once.
+fn spatial_conv_forward(pooled: &FlexTensor, weight: &FlexTensor) -> FlexTensor {
+    let (batch, inputs, height, width, kernel) = conv_dims(pooled, weight);
+    let pad = (kernel - 1) / 2;
+    let (values, weights) = (contiguous_values(pooled), contiguous_values(weight));
+    let plane = height * width;
+    let mut output = vec![0.0f32; batch * plane];
+    output
+        .par_chunks_mut(plane.max(1))
+        .zip(values.par_chunks((inputs * plane).max(1)))
+        .with_min_len(items_per_task(inputs * plane, batch))
+        .for_each(|(out, sample)| {
+            for (input, taps) in sample
+                .chunks(plane.max(1))
+                .zip(weights.chunks(kernel * kernel))
+            {
+                for ky in 0..kernel {
+                    for y in covered(height, ky, pad) {
+                        let source_row = &input[(y + ky - pad) * width..][..width];
+                        let out_row = &mut out[y * width..][..width];
+                        for kx in 0..kernel {
+                            let w = taps[ky * kernel + kx];
+                            let xs = covered(width, kx, pad);
+                            if xs.is_empty() {
+                                continue;
+                            }
+                            let source = &source_row[xs.start + kx - pad..xs.end + kx - pad];
+                            for (o, &v) in out_row[xs].iter_mut().zip(source) {
+                                *o += w * v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    flex_tensor(output, Shape::new([batch, 1, height, width]))
+}
+
+#[derive(Debug)]
+struct SpatialConvBackward;
+
+impl Backward<Flex, 2> for SpatialConvBackward {
+    /// The input and the weight.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [pooled_node, weight_node] = ops.parents;
+        let grad_output = grads.consume::<Flex>(&ops.node);
+        let (pooled, weight) = &ops.state;
+        let (batch, inputs, height, width, kernel) = conv_dims(pooled, weight);
+        let pad = (kernel - 1) / 2;
+        let (values, weights) = (contiguous_values(pooled), contiguous_values(weight));
+        let grad_output = contiguous_values(&grad_output);
+        let plane = height * width;
+        let taps = inputs * kernel * kernel;
+        let mut grad_pooled = vec![0.0f32; values.len()];
+        // Weight gradients per sample, summed in sample order afterwards, so the result does not
+        // depend on the thread count.
+        let mut grad_weight_per_sample = vec![0.0f32; batch * taps];
+        grad_pooled
+            .par_chunks_mut((inputs * plane).max(1))
+            .zip(grad_weight_per_sample.par_chunks_mut(taps.max(1)))
+            .zip(values.par_chunks((inputs * plane).max(1)))
+            .zip(grad_output.par_chunks(plane.max(1)))
+            .with_min_len(items_per_task(inputs * plane, batch))
+            .for_each(|(((grad_in, grad_w), sample), grad_out)| {
+                for (((grad_input, input), tap_weights), tap_grads) in grad_in
+                    .chunks_mut(plane.max(1))
+                    .zip(sample.chunks(plane.max(1)))
+                    .zip(weights.chunks(kernel * kernel))
+                    .zip(grad_w.chunks_mut(kernel * kernel))
+                {
+                    for ky in 0..kernel {
+                        for y in covered(height, ky, pad) {
+                            let row = (y + ky - pad) * width;
+                            let grad_out_row = &grad_out[y * width..][..width];
+                            for kx in 0..kernel {
+                                let xs = covered(width, kx, pad);
+                                if xs.is_empty() {
+                                    continue;
+                                }
+                                let shift = row + xs.start + kx - pad..row + xs.end + kx - pad;
+                                let w = tap_weights[ky * kernel + kx];
+                                let mut sum = 0.0f32;
+                                for ((g_in, &v), &g) in grad_input[shift.clone()]
+                                    .iter_mut()
+                                    .zip(&input[shift])
+                                    .zip(&grad_out_row[xs])
+                                {
+                                    *g_in += w * g;
+                                    sum += v * g;
+                                }
+                                tap_grads[ky * kernel + kx] += sum;
+                            }
+                        }
+                    }
+                }
+            });
+        if let Some(node) = pooled_node {
+            grads.register::<Flex>(node.id, flex_tensor(grad_pooled, pooled.shape()));
+        }
+        if let Some(node) = weight_node {
+            let mut grad_weight = vec![0.0f32; taps];
+            for sample in grad_weight_per_sample.chunks(taps.max(1)) {
+                for (total, value) in grad_weight.iter_mut().zip(sample) {
+                    *total += value;
+                }
+            }
+            grads.register::<Flex>(node.id, flex_tensor(grad_weight, weight.shape()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,11 +597,38 @@ mod tests {
     const SHAPES: [[usize; 4]; 4] = [[2, 8, 4, 4], [1, 16, 3, 7], [3, 8, 1, 1], [2, 12, 9, 2]];
 
     fn unit(channels: usize, device: &Device) -> Cbam {
+        unit_with_kernel(channels, 3, device)
+    }
+
+    fn unit_with_kernel(channels: usize, kernel: usize, device: &Device) -> Cbam {
         device.seed(7);
         CbamConfig::new(channels)
             .with_reduction(4)
-            .with_spatial_kernel(3)
+            .with_spatial_kernel(kernel)
             .init(device)
+    }
+
+    #[test]
+    fn the_fused_convolution_matches_burns_with_taps_beyond_small_maps() {
+        let device = device().autodiff();
+        // 7x7 taps on maps of 1x1, 2x5 and 9x9: some taps miss the map entirely.
+        for (seed, [height, width]) in [[1, 1], [2, 5], [9, 9]].into_iter().enumerate() {
+            let cbam = unit_with_kernel(8, 7, &device);
+            let pooled = random_tensor([2, 2, height, width], seed as u64, &device);
+            let upstream = random_tensor([2, 1, height, width], seed as u64 + 5, &device);
+            let run = |convolve: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+                let pooled = pooled.clone().detach().require_grad();
+                let out = convolve(pooled.clone());
+                let mut all = values(out.clone());
+                let grads = (out * upstream.clone()).sum().backward();
+                all.extend(values(pooled.grad(&grads).unwrap()));
+                all.extend(values(cbam.spatial_conv.weight.val().grad(&grads).unwrap()));
+                all
+            };
+            let fused = run(&|p| spatial_conv(p, cbam.spatial_conv.weight.val()));
+            let reference = run(&|p| cbam.spatial_conv.forward(p));
+            assert_close(&fused, &reference, &format!("{height}x{width}"));
+        }
     }
 
     fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
