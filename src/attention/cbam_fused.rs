@@ -27,7 +27,8 @@ use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{
-    contiguous_values, flex_tensor, lane_max, lane_sum, on_flex_f32, writable_contiguous,
+    contiguous_values, flex_tensor, items_per_task, lane_max, lane_sum, on_flex_f32,
+    writable_contiguous,
 };
 
 /// CBAM's three whole-map steps as backend extension operations, for `Flex` (forward only) and
@@ -186,18 +187,6 @@ fn dims(x: &FlexTensor) -> (usize, usize, usize) {
     (batch, channels, height * width)
 }
 
-/// Inputs smaller than this many values run as one rayon task (as for the other kernels).
-const PARALLEL_GRAIN: usize = 1 << 19;
-
-/// Items of `item_len` values one rayon task takes, for `items` items.
-fn items_per_task(item_len: usize, items: usize) -> usize {
-    if item_len * items < PARALLEL_GRAIN {
-        items.max(1)
-    } else {
-        PARALLEL_GRAIN.div_ceil(item_len.max(1))
-    }
-}
-
 fn channel_pools_forward(x: &FlexTensor) -> FlexTensor {
     let (batch, channels, pixels) = dims(x);
     let values = contiguous_values(x);
@@ -205,7 +194,7 @@ fn channel_pools_forward(x: &FlexTensor) -> FlexTensor {
     pools
         .par_chunks_mut(2 * channels)
         .zip(values.par_chunks((channels * pixels).max(1)))
-        .with_min_len(items_per_task(channels * pixels, batch))
+        .with_min_len(items_per_task(channels * pixels))
         .for_each(|(pools, sample)| {
             let (means, maxima) = pools.split_at_mut(channels);
             for ((mean, maximum), plane) in means
@@ -232,7 +221,7 @@ impl Backward<Flex, 1> for ChannelPoolsBackward {
         let grad_pools = grads.consume::<Flex>(&ops.node);
         let Some(node) = x_node else { return };
         let (x, pools) = &ops.state;
-        let (batch, channels, pixels) = dims(x);
+        let (_, channels, pixels) = dims(x);
         let (values, pools) = (contiguous_values(x), contiguous_values(pools));
         let grad_pools = contiguous_values(&grad_pools);
         let mut grad_x = vec![0.0f32; values.len()];
@@ -241,7 +230,7 @@ impl Backward<Flex, 1> for ChannelPoolsBackward {
             .zip(values.par_chunks((channels * pixels).max(1)))
             .zip(pools.par_chunks(2 * channels))
             .zip(grad_pools.par_chunks(2 * channels))
-            .with_min_len(items_per_task(channels * pixels, batch))
+            .with_min_len(items_per_task(channels * pixels))
             .for_each(|(((grad, sample), pools), grad_pools)| {
                 for (channel, (grad, plane)) in grad
                     .chunks_mut(pixels.max(1))
@@ -271,7 +260,7 @@ fn spatial_pools_forward(x: &FlexTensor, gate: &FlexTensor) -> (FlexTensor, Vec<
         .zip(argmax.par_chunks_mut(pixels.max(1)))
         .zip(values.par_chunks((channels * pixels).max(1)))
         .zip(gate.par_chunks(channels.max(1)))
-        .with_min_len(items_per_task(channels * pixels, batch))
+        .with_min_len(items_per_task(channels * pixels))
         .for_each(|(((pools, argmax), sample), gate)| {
             let (maxima, means) = pools.split_at_mut(pixels);
             maxima.fill(f32::NEG_INFINITY);
@@ -322,7 +311,7 @@ impl Backward<Flex, 2> for SpatialPoolsBackward {
             .zip(gate_values.par_chunks(channels.max(1)))
             .zip(grad_pools.par_chunks((2 * pixels).max(1)))
             .zip(argmax.par_chunks(pixels.max(1)))
-            .with_min_len(items_per_task(channels * pixels, batch))
+            .with_min_len(items_per_task(channels * pixels))
             .for_each(
                 |(((((grad, grad_gate), sample), gate), grad_pools), argmax)| {
                     let (grad_max, grad_mean) = grad_pools.split_at(pixels);
@@ -365,7 +354,7 @@ fn gated_product_forward(
     channel_gate: &FlexTensor,
     spatial_gate: &FlexTensor,
 ) -> FlexTensor {
-    let (batch, channels, pixels) = dims(x);
+    let (_, channels, pixels) = dims(x);
     let values = contiguous_values(x);
     let (channel_gate, spatial_gate) = (
         contiguous_values(channel_gate),
@@ -377,7 +366,7 @@ fn gated_product_forward(
         .zip(values.par_chunks((channels * pixels).max(1)))
         .zip(channel_gate.par_chunks(channels.max(1)))
         .zip(spatial_gate.par_chunks(pixels.max(1)))
-        .with_min_len(items_per_task(channels * pixels, batch))
+        .with_min_len(items_per_task(channels * pixels))
         .for_each(|(((out, sample), channel_gate), spatial_gate)| {
             for ((out, plane), &g) in out
                 .chunks_mut(pixels.max(1))
@@ -420,7 +409,7 @@ impl Backward<Flex, 3> for GatedProductBackward {
             .zip(values.par_chunks((channels * pixels).max(1)))
             .zip(channel_values.par_chunks(channels.max(1)))
             .zip(spatial_values.par_chunks(pixels.max(1)))
-            .with_min_len(items_per_task(channels * pixels, batch))
+            .with_min_len(items_per_task(channels * pixels))
             .for_each(
                 |(((((grad, grad_channel), grad_spatial), sample), channel_gate), spatial_gate)| {
                     for (((grad, plane), &g), grad_g) in grad
@@ -483,7 +472,7 @@ fn spatial_conv_forward(pooled: &FlexTensor, weight: &FlexTensor) -> FlexTensor 
     output
         .par_chunks_mut(plane.max(1))
         .zip(values.par_chunks((inputs * plane).max(1)))
-        .with_min_len(items_per_task(inputs * plane, batch))
+        .with_min_len(items_per_task(inputs * plane))
         .for_each(|(out, sample)| {
             for (input, taps) in sample
                 .chunks(plane.max(1))
@@ -537,7 +526,7 @@ impl Backward<Flex, 2> for SpatialConvBackward {
             .zip(grad_weight_per_sample.par_chunks_mut(taps.max(1)))
             .zip(values.par_chunks((inputs * plane).max(1)))
             .zip(grad_output.par_chunks(plane.max(1)))
-            .with_min_len(items_per_task(inputs * plane, batch))
+            .with_min_len(items_per_task(inputs * plane))
             .for_each(|(((grad_in, grad_w), sample), grad_out)| {
                 for (((grad_input, input), tap_weights), tap_grads) in grad_in
                     .chunks_mut(plane.max(1))

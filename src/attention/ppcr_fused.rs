@@ -34,8 +34,8 @@ use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{
-    assume_written, contiguous_values, dispatch_vector_width, flex_tensor, on_flex_f32, sigmoid,
-    unwritten, writable_contiguous,
+    assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
+    on_flex_f32, sigmoid, unwritten, writable_contiguous,
 };
 use super::ppcr::{group_start, pyramid_maps};
 
@@ -194,17 +194,6 @@ fn padded_weights(weights: &[f32], maps: usize, pixels: usize) -> Vec<f32> {
         row[..pixels].copy_from_slice(values);
     }
     padded
-}
-
-/// Values of `X` one rayon task should cover at least: below this, waking a second thread and
-/// splitting the work costs more than it saves (a ResNet-20 stage-3 map, 256 Ki values, ran
-/// fastest on one thread on the 2-core build machine).
-const PARALLEL_GRAIN: usize = 1 << 19;
-
-/// How many items of `item_len` values one rayon task takes, so a task covers at least
-/// [`PARALLEL_GRAIN`] values.
-fn samples_per_task(item_len: usize) -> usize {
-    PARALLEL_GRAIN.div_ceil(item_len.max(1))
 }
 
 /// Samples whose weight gradients are summed into one buffer: a fixed split, independent of the
@@ -614,7 +603,7 @@ fn forward(
         let mut context = vec![0.0f32; batch * context_len];
         samples
             .zip(context.par_chunks_mut(context_len.max(1)))
-            .with_min_len(samples_per_task(sample_len))
+            .with_min_len(items_per_task(sample_len))
             .for_each_init(new_scratch, |scratch, ((out, sample), context)| {
                 forward_sample(&inputs, sample, out, context, scratch)
             });
@@ -622,7 +611,7 @@ fn forward(
         Some(flex_tensor(context, context_shape))
     } else {
         samples
-            .with_min_len(samples_per_task(sample_len))
+            .with_min_len(items_per_task(sample_len))
             .for_each_init(new_scratch, |scratch, (out, sample)| {
                 forward_sample(&inputs, sample, out, &mut [], scratch)
             });
@@ -854,7 +843,7 @@ fn backward(
         .zip(grad_weights_per_split.par_chunks_mut(padded_len.max(1)))
         .zip(values.par_chunks(split_len))
         .zip(context.par_chunks(context_split_len))
-        .with_min_len(samples_per_task(split_len))
+        .with_min_len(items_per_task(split_len))
         .for_each(|(((grad_split, dw), x_split), context_split)| {
             backward_split(&inputs, x_split, context_split, grad_split, dw);
         });

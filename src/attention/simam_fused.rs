@@ -24,8 +24,8 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::kernels::{
-    LANES, assume_written, contiguous_values, dispatch_vector_width, flex_tensor, lane_sum,
-    on_flex_f32, sigmoid, unwritten, writable_contiguous,
+    LANES, assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
+    lane_sum, on_flex_f32, sigmoid, unwritten, writable_contiguous,
 };
 
 /// The fused SimAM reweighting as a backend extension operation.
@@ -106,20 +106,6 @@ impl Backward<Flex, 1> for ReweightBackward {
     }
 }
 
-/// Inputs smaller than this many values run as one rayon task: waking a second thread costs
-/// more than it saves (as for PPCR's kernel).
-const PARALLEL_GRAIN: usize = 1 << 19;
-
-/// Planes one rayon task takes: all of them below [`PARALLEL_GRAIN`] values, else enough for
-/// that many values.
-fn planes_per_task(plane_len: usize, planes: usize) -> usize {
-    if plane_len * planes < PARALLEL_GRAIN {
-        planes.max(1)
-    } else {
-        PARALLEL_GRAIN.div_ceil(plane_len.max(1))
-    }
-}
-
 /// `sum_i f(xs_i, ys_i)` over [`LANES`] accumulators, combined in a fixed order.
 #[inline(always)]
 fn lane_sum_pairs(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
@@ -187,8 +173,7 @@ fn forward(x: &FlexTensor, lambda: f64) -> FlexTensor {
     let [_, _, height, width] = shape.dims();
     let plane_len = height * width;
     let values = contiguous_values(x);
-    let planes = values.len() / plane_len.max(1);
-    let per_task = planes_per_task(plane_len, planes) * plane_len.max(1);
+    let per_task = items_per_task(plane_len) * plane_len.max(1);
     let mut output = unwritten(values.len());
     output
         .par_chunks_mut(per_task.max(1))
@@ -260,8 +245,7 @@ fn backward(x: &FlexTensor, grad_output: FlexTensor, lambda: f64) -> FlexTensor 
     let [_, _, height, width] = x.shape().dims();
     let plane_len = height * width;
     let values = contiguous_values(x);
-    let planes = values.len() / plane_len.max(1);
-    let per_task = planes_per_task(plane_len, planes) * plane_len.max(1);
+    let per_task = items_per_task(plane_len) * plane_len.max(1);
     let mut grad = writable_contiguous(grad_output);
     grad.try_storage_mut::<f32>()
         .expect("writable_contiguous returns an unshared tensor")
