@@ -5,12 +5,13 @@
 //! feature map in the forward (spatial mean and max, the channel-gated map, channel mean and
 //! max of it, their concatenation, the product) and more in the backward, which made it one of
 //! the slowest units of the zoo in a ResNet-20 training step (+27%, docs/performance.md). Here
-//! the three steps that touch the whole map are one pass each, with hand-written backward
-//! steps; the small parts (the MLP on `[B, C]`, the 7x7 convolution on `[B, 2, H, W]`) stay burn
-//! operations:
+//! the three steps that touch the whole map are one pass each, and the spatial gate's
+//! convolution is a direct one for its two input channels, all with hand-written backward
+//! steps; the MLP on `[B, C]`, the BatchNorm and the sigmoids stay burn operations:
 //! - [`channel_pools`]: `[B, C, H, W] -> [B, 2, C]`, each plane's mean and max;
 //! - [`spatial_pools`]: `x` and the channel gate `w` `[B, C]` -> `[B, 2, H, W]`, the max and the
 //!   mean over channels of `x * w`, without materialising `x * w`;
+//! - [`spatial_conv`]: the `K x K` convolution of those two maps to one;
 //! - [`gated_product`]: `x * w * s` for the channel gate `w` and the spatial gate `s`
 //!   `[B, 1, H, W]`.
 
@@ -31,8 +32,8 @@ use super::kernels::{
     writable_contiguous,
 };
 
-/// CBAM's three whole-map steps as backend extension operations, for `Flex` (forward only) and
-/// `Autodiff<Flex>` (with hand-written backward nodes).
+/// CBAM's whole-map steps and spatial convolution as backend extension operations, for `Flex`
+/// (forward only) and `Autodiff<Flex>` (with hand-written backward nodes).
 #[backend_extension(Flex, Autodiff)]
 pub trait CbamOps: Backend {
     /// `[B, C, H, W] -> [B, 2, C]`: each plane's mean (row 0) and max (row 1).
