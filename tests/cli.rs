@@ -143,25 +143,11 @@ fn train_eval_predict_on_an_image_folder() {
 #[test]
 fn training_splits_batches_across_the_devices_it_is_given() {
     let folder = tempfile::tempdir().unwrap();
-    let run = folder.path().join("run");
-    let data = fixtures().join("pbc_mini");
     // Two "devices" that are both the CPU run the data-parallel path: two shards per batch,
     // each on its own thread, gradients summed on the first device.
-    let output = ppcr([
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch",
-        "4",
-        "--devices",
-        "cpu,cpu",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let mut args = common::tiny_train_args(&folder.path().join("run"), 1);
+    args.extend(["--devices", "cpu,cpu"].map(String::from));
+    let output = ppcr(args);
     assert_success(&output);
     assert!(stdout(&output).contains("test metrics (3 images)"));
 

@@ -579,7 +579,7 @@ impl Backward<Flex, 2> for SpatialConvBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::testing::{device, random_tensor};
+    use crate::attention::testing::{assert_matches_reference, device, random_tensor};
     use crate::attention::{Cbam, CbamConfig};
     use burn::tensor::Device;
 
@@ -617,22 +617,12 @@ mod tests {
             };
             let fused = run(&|p| spatial_conv(p, cbam.spatial_conv.weight.val()));
             let reference = run(&|p| cbam.spatial_conv.forward(p));
-            assert_close(&fused, &reference, &format!("{height}x{width}"));
+            assert_matches_reference(&fused, &reference, 1e-4, &format!("{height}x{width}"));
         }
     }
 
     fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
         tensor.into_data().try_to_vec::<f32>().unwrap()
-    }
-
-    fn assert_close(fused: &[f32], reference: &[f32], what: &str) {
-        assert_eq!(fused.len(), reference.len(), "{what}");
-        for (index, (f, r)) in fused.iter().zip(reference).enumerate() {
-            assert!(
-                (f - r).abs() <= 1e-4 * (1.0 + r.abs()),
-                "{what} {index}: fused {f} vs tensor formulation {r}"
-            );
-        }
     }
 
     #[test]
@@ -650,7 +640,7 @@ mod tests {
             let x = random_tensor(shape, seed as u64, &device).mul_scalar(2.0);
             let fused = values(cbam.forward(x.clone()));
             let reference = values(cbam.tensor_forward(x));
-            assert_close(&fused, &reference, &format!("{shape:?} value"));
+            assert_matches_reference(&fused, &reference, 1e-4, &format!("{shape:?} value"));
         }
     }
 
@@ -677,7 +667,7 @@ mod tests {
             };
             let fused = gradients(&|x| cbam.forward(x));
             let reference = gradients(&|x| cbam.tensor_forward(x));
-            assert_close(&fused, &reference, &format!("{shape:?} gradient"));
+            assert_matches_reference(&fused, &reference, 1e-4, &format!("{shape:?} gradient"));
         }
     }
 }

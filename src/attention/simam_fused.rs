@@ -263,7 +263,7 @@ fn backward(x: &FlexTensor, grad_output: FlexTensor, lambda: f64) -> FlexTensor 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::testing::{device, random_tensor};
+    use crate::attention::testing::{assert_matches_reference, device, random_tensor};
     use crate::attention::{SimAm, SimAmConfig};
 
     /// Uneven planes, a single-value plane, batch 1 and 3.
@@ -277,15 +277,6 @@ mod tests {
 
     fn values(tensor: Tensor<4>) -> Vec<f32> {
         tensor.into_data().try_to_vec::<f32>().unwrap()
-    }
-
-    fn assert_close(fused: &[f32], reference: &[f32], what: &str) {
-        for (index, (f, r)) in fused.iter().zip(reference).enumerate() {
-            assert!(
-                (f - r).abs() <= 2e-5 * (1.0 + r.abs()),
-                "{what} {index}: fused {f} vs tensor formulation {r}"
-            );
-        }
     }
 
     fn unit() -> SimAm {
@@ -305,7 +296,7 @@ mod tests {
             let x = random_tensor(shape, seed as u64, &device()).mul_scalar(3.0);
             let fused = values(reweight(x.clone(), 1e-4));
             let reference = values(unit().tensor_forward(x));
-            assert_close(&fused, &reference, &format!("{shape:?} value"));
+            assert_matches_reference(&fused, &reference, 2e-5, &format!("{shape:?} value"));
         }
     }
 
@@ -323,7 +314,7 @@ mod tests {
             };
             let fused = gradient(&|x| reweight(x, 1e-4));
             let reference = gradient(&|x| unit().tensor_forward(x));
-            assert_close(&fused, &reference, &format!("{shape:?} gradient"));
+            assert_matches_reference(&fused, &reference, 2e-5, &format!("{shape:?} gradient"));
         }
     }
 

@@ -197,6 +197,18 @@ where
     }
 }
 
+/// Assert that a fused kernel's `fused` values equal the tensor formulation's `reference`
+/// within `tolerance`, relative to `1 + |reference|`.
+pub fn assert_matches_reference(fused: &[f32], reference: &[f32], tolerance: f32, what: &str) {
+    assert_eq!(fused.len(), reference.len(), "{what}: lengths differ");
+    for (index, (f, r)) in fused.iter().zip(reference).enumerate() {
+        assert!(
+            (f - r).abs() <= tolerance * (1.0 + r.abs()),
+            "{what} {index}: fused {f} vs tensor formulation {r}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
