@@ -1,26 +1,34 @@
-//! One training step's gradients with the batch split across several devices: data parallelism
-//! as burn's own multi-device training strategy does it (burn-train's `MultiDevice` with
-//! `OptimMainDevice`), from the same burn pieces. The model is forked to every device, each
-//! device computes the gradients of its shard of the batch on its own thread, and the gradients
-//! are moved to the first device and summed there with burn's `GradientsAccumulator`; the
-//! optimizer then steps once, on the first device.
+//! One training step's gradients with the batch split across several devices, run by burn's own
+//! multi-device training step: burn-train's `MultiDevicesTrainStep`, the worker pool its
+//! `Learner` uses for `ExecutionStrategy::MultiDevice`, with the `OptimMainDevice` reduction its
+//! epoch loop applies. Each worker is a long-lived thread bound to one device; per step it forks
+//! the model to its device and computes the gradients of its shard. The gradients are moved to
+//! the first device and summed there with burn's `GradientsAccumulator`; the optimizer then
+//! steps once, on the first device.
 //!
-//! Each shard's mean loss is weighted by its share of the batch, so the summed gradient is the
-//! gradient of the whole batch's mean loss. BatchNorm normalises each shard with its own
+//! Two choices differ from burn's `Learner`, which hands each device a whole batch of its own:
+//! here one batch of the configured size is split into contiguous shards, and each shard's mean
+//! loss is weighted by its share of the batch, so the summed gradient is the gradient of the
+//! whole batch's mean loss and `batch_size` means the same on any number of devices. The shards
+//! are summed in shard order (burn's loop sums them as the workers finish), so a run does not
+//! depend on which device finished first. BatchNorm normalises each shard with its own
 //! statistics, as in burn's strategy (and PyTorch's DistributedDataParallel without SyncBN), so
 //! a step on several devices is close to, not equal to, the same step on one.
 //!
 //! BatchNorm's running statistics live in burn's `RunningState`, which every fork shares: each
 //! thread files its update under its thread id, and the updates are averaged when the state is
-//! next synchronised. burn-train's workers are long-lived threads, so each step's updates
-//! replace the last ones there; these shard threads are new every step, so the model is
-//! synchronised after every step (`Module::train`), which makes the running statistics move as
-//! on one device with the mean of the shards' batch statistics.
+//! next synchronised. A worker's update of one step would replace its previous one, so the
+//! model is synchronised after every step (`Module::train`), which makes the running statistics
+//! move as on one device, with the mean of the shards' batch statistics.
 
+use burn::data::dataloader::{DataLoaderIterator, Progress};
+use burn::data::dataset::DatasetError;
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_train::train::{MultiDeviceStepError, MultiDevicesTrainStep};
+use burn_train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 
 use super::TrainError;
 use crate::models::ResNet;
@@ -35,94 +43,96 @@ pub(crate) struct BatchGradients {
     pub loss: f32,
     /// `[batch, classes]` logits.
     pub logits: Vec<f32>,
-    /// Gradients of the mean loss, on `devices[0]`.
+    /// Gradients of the mean loss, on the first device.
     pub grads: GradientsParams,
 }
 
-/// The gradients of `model`'s mean loss over a batch of images (`pixels`, `[batch, C, H, W]`
-/// with `image_dims = [C, H, W]`) and `labels`, split into contiguous shards over `devices`
-/// (autodiff devices, `model` on the first; `loss_fns[i]` built on `devices[i]`). A batch
-/// smaller than the device list uses the first `batch` devices.
-pub(crate) fn batch_gradients(
-    model: ResNet,
-    devices: &[Device],
-    loss_fns: &[CrossEntropyLoss],
-    pixels: &[f32],
-    labels: &[usize],
-    image_dims: [usize; 3],
-) -> Result<BatchGradients, TrainError> {
-    let batch = labels.len();
-    let sample_len: usize = image_dims.iter().product();
-    let shards = shard_ranges(batch, devices.len());
-    if shards.len() == 1 {
-        let (loss, logits, grads) = shard_gradients(
-            &model,
-            &devices[0],
-            &loss_fns[0],
-            pixels,
-            labels,
-            image_dims,
-            None,
-        )?;
-        let grads = GradientsParams::from_grads(grads, &model);
-        return Ok(BatchGradients {
-            model,
-            loss,
-            logits,
-            grads,
-        });
+/// The devices a training run computes its gradients on (autodiff devices; the model lives on
+/// the first), with the loss built on each and, for more than one, burn's worker pool.
+pub(crate) struct DataParallel {
+    devices: Vec<Device>,
+    loss_fns: Vec<CrossEntropyLoss>,
+    workers: Option<MultiDevicesTrainStep<ShardStep>>,
+}
+
+impl DataParallel {
+    /// Compute on `devices` (at least one), `loss_fns[i]` built on `devices[i]`. One device
+    /// starts no worker: its steps run on the calling thread, as plain single-device training.
+    pub fn new(devices: Vec<Device>, loss_fns: Vec<CrossEntropyLoss>) -> Self {
+        assert!(!devices.is_empty() && devices.len() == loss_fns.len());
+        let workers = (devices.len() > 1).then(|| MultiDevicesTrainStep::new(&devices));
+        Self {
+            devices,
+            loss_fns,
+            workers,
+        }
     }
-    let main = &devices[0];
-    let model_ref = &model;
-    let results = std::thread::scope(|scope| {
-        let workers: Vec<_> = shards
-            .iter()
-            .enumerate()
-            .map(|(index, range)| {
-                let (device, loss_fn) = (&devices[index], &loss_fns[index]);
-                let shard_pixels = &pixels[range.start * sample_len..range.end * sample_len];
-                let shard_labels = &labels[range.clone()];
-                let share = range.len() as f32 / batch as f32;
-                scope.spawn(move || {
-                    let shard_model = model_ref.clone().fork(device);
-                    let (loss, logits, grads) = shard_gradients(
-                        &shard_model,
-                        device,
-                        loss_fn,
-                        shard_pixels,
-                        shard_labels,
+
+    /// The gradients of `model`'s mean loss over a batch of images (`pixels`,
+    /// `[batch, C, H, W]` with `image_dims = [C, H, W]`) and `labels`, split into contiguous
+    /// shards over the devices. A batch smaller than the device list uses the first `batch`
+    /// devices.
+    pub fn batch_gradients(
+        &self,
+        model: ResNet,
+        pixels: &[f32],
+        labels: &[usize],
+        image_dims: [usize; 3],
+    ) -> Result<BatchGradients, TrainError> {
+        let batch = labels.len();
+        let shards = shard_ranges(batch, self.devices.len());
+        let Some(workers) = self.workers.as_ref().filter(|_| shards.len() > 1) else {
+            let step = ShardStep::new(model, self.loss_fns[0].clone());
+            let shard = Shard::new(0, &self.devices[0], pixels, labels, image_dims, None);
+            let (output, grads) = step.gradients(shard)?;
+            let grads = GradientsParams::from_grads(grads, &step);
+            return Ok(BatchGradients {
+                model: step.model,
+                loss: output.loss,
+                logits: output.logits,
+                grads,
+            });
+        };
+        let sample_len: usize = image_dims.iter().product();
+        // One single-item loader per device: burn's step takes the next item of each, and a
+        // device with no shard this step (a short batch) is left out.
+        let mut loaders: Vec<Box<dyn DataLoaderIterator<Shard>>> = (0..self.devices.len())
+            .map(|index| {
+                let shard = shards.get(index).map(|range| {
+                    Shard::new(
+                        index,
+                        &self.devices[index],
+                        &pixels[range.start * sample_len..range.end * sample_len],
+                        &labels[range.clone()],
                         image_dims,
-                        Some(share),
-                    )?;
-                    let grads = GradientsParams::from_grads(grads, &shard_model)
-                        .to_device(main, &shard_model);
-                    Ok::<_, TrainError>((loss, logits, grads))
-                })
+                        Some(range.len() as f32 / batch as f32),
+                    )
+                });
+                Box::new(OneShard(shard)) as Box<dyn DataLoaderIterator<Shard>>
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })?;
-    // Summed in shard order, so the result does not depend on which device finished first.
-    let mut accumulator = GradientsAccumulator::new();
-    let (mut loss, mut logits) = (0.0, Vec::with_capacity(batch));
-    for (shard_loss, shard_logits, grads) in results {
-        loss += shard_loss;
-        logits.extend(shard_logits);
-        accumulator.accumulate(&model, grads);
+        let step = ShardStep::new(model, self.loss_fns[0].clone());
+        let (mut outputs, _) = workers
+            .step(&mut loaders, &step)
+            .map_err(|error| worker_error(error, self.devices.len()))?;
+        outputs.sort_by_key(|output| output.output.item.shard);
+        let main = &self.devices[0];
+        let mut accumulator = GradientsAccumulator::new();
+        let (mut loss, mut logits) = (0.0, Vec::with_capacity(batch));
+        for output in outputs {
+            let TrainOutput { grads, item } = output.output;
+            let item = item.result?;
+            loss += item.loss;
+            logits.extend(item.logits);
+            accumulator.accumulate(&step, grads.to_device(main, &step));
+        }
+        Ok(BatchGradients {
+            model: step.model.train(),
+            loss,
+            logits,
+            grads: accumulator.grads(),
+        })
     }
-    Ok(BatchGradients {
-        model: model.train(),
-        loss,
-        logits,
-        grads: accumulator.grads(),
-    })
 }
 
 /// Contiguous sample ranges of nearly equal size, one per device, for at most `batch` devices.
@@ -133,41 +143,199 @@ fn shard_ranges(batch: usize, devices: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-/// Forward and backward of one shard on `device`: its loss (weighted by `share` when given),
-/// logits and autodiff gradients.
-fn shard_gradients(
-    model: &ResNet,
-    device: &Device,
-    loss_fn: &CrossEntropyLoss,
-    pixels: &[f32],
-    labels: &[usize],
-    [channels, height, width]: [usize; 3],
-    share: Option<f32>,
-) -> Result<(f32, Vec<f32>, burn::tensor::Gradients), TrainError> {
-    let batch = labels.len();
-    let images = Tensor::<4>::from_data(
-        TensorData::new(pixels.to_vec(), [batch, channels, height, width]),
-        device,
-    );
-    let targets = Tensor::<1, Int>::from_data(
-        TensorData::new(
-            labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
-            [batch],
+/// A worker's failure (a panic on its device, caught by burn) as a training error naming the
+/// device by its place in the device list.
+fn worker_error(error: MultiDeviceStepError, devices: usize) -> TrainError {
+    match error {
+        MultiDeviceStepError::Workers(failures) => TrainError::Device(
+            failures
+                .iter()
+                .map(|failure| {
+                    format!(
+                        "the training step on device {} of {devices} failed: {}",
+                        failure.device_id + 1,
+                        failure.message
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
         ),
-        device,
-    );
-    let logits = model.try_forward(images)?;
-    let logit_values = logits
-        .clone()
-        .into_data()
-        .try_to_vec::<f32>()
-        .expect("float logits");
-    let mut loss = loss_fn.forward(logits, targets);
-    if let Some(share) = share {
-        loss = loss.mul_scalar(share);
+        // The loaders are in-memory shards, which cannot fail to load.
+        MultiDeviceStepError::Dataset(error) => TrainError::Device(error.to_string()),
     }
-    let loss_value: f32 = loss.clone().into_scalar();
-    Ok((loss_value, logit_values, loss.backward()))
+}
+
+/// One device's part of a batch: what a worker receives.
+pub(crate) struct Shard {
+    /// Position in the batch (shards are summed in this order).
+    shard: usize,
+    /// The device the worker computes on; the images are created there.
+    device: Device,
+    /// `[samples, C, H, W]` normalised pixels.
+    pixels: Vec<f32>,
+    labels: Vec<usize>,
+    image_dims: [usize; 3],
+    /// The shard's share of the batch, which weights its mean loss (`None`: the whole batch).
+    share: Option<f32>,
+}
+
+impl Shard {
+    fn new(
+        shard: usize,
+        device: &Device,
+        pixels: &[f32],
+        labels: &[usize],
+        image_dims: [usize; 3],
+        share: Option<f32>,
+    ) -> Self {
+        Self {
+            shard,
+            device: device.clone(),
+            pixels: pixels.to_vec(),
+            labels: labels.to_vec(),
+            image_dims,
+            share,
+        }
+    }
+}
+
+/// A data loader of exactly one shard, the form burn's step takes its input in.
+struct OneShard(Option<Shard>);
+
+impl Iterator for OneShard {
+    type Item = Result<Shard, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.take().map(Ok)
+    }
+}
+
+impl DataLoaderIterator<Shard> for OneShard {
+    fn progress(&self) -> Progress {
+        Progress::new(usize::from(self.0.is_none()), 1, None)
+    }
+}
+
+/// What a worker hands back besides the gradients: the shard's (share-weighted) mean loss and
+/// its logits, or why the model refused the shard.
+pub(crate) struct ShardOutput {
+    /// Position in the batch.
+    shard: usize,
+    result: Result<ShardLoss, crate::models::ModelError>,
+}
+
+/// A shard's loss (weighted by its share of the batch) and `[samples, classes]` logits.
+struct ShardLoss {
+    loss: f32,
+    logits: Vec<f32>,
+}
+
+impl ItemLazy for ShardOutput {
+    // Everything is read back to the host inside the step already.
+    fn sync(self) -> Result<Self, burn::backend::ExecutionError> {
+        Ok(self)
+    }
+}
+
+/// The model and loss as burn's `TrainStep`: the module a worker forks to its device.
+#[derive(Module, Debug)]
+pub(crate) struct ShardStep {
+    model: ResNet,
+    loss_fn: CrossEntropyLoss,
+}
+
+impl ShardStep {
+    fn new(model: ResNet, loss_fn: CrossEntropyLoss) -> Self {
+        Self { model, loss_fn }
+    }
+
+    /// Forward and backward of one shard: its loss and logits, and the autodiff gradients.
+    fn gradients(&self, shard: Shard) -> Result<(ShardLoss, burn::tensor::Gradients), TrainError> {
+        let (loss, logits) = self.loss(&shard)?;
+        let loss_value: f32 = loss.clone().into_scalar();
+        let grads = loss.backward();
+        Ok((
+            ShardLoss {
+                loss: loss_value,
+                logits,
+            },
+            grads,
+        ))
+    }
+
+    /// The shard's mean loss (times its share of the batch) as a tensor, and its logits.
+    fn loss(&self, shard: &Shard) -> Result<(Tensor<1>, Vec<f32>), crate::models::ModelError> {
+        let [channels, height, width] = shard.image_dims;
+        let batch = shard.labels.len();
+        let images = Tensor::<4>::from_data(
+            TensorData::new(shard.pixels.clone(), [batch, channels, height, width]),
+            &shard.device,
+        );
+        let targets = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                shard.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+                [batch],
+            ),
+            &shard.device,
+        );
+        let logits = self.model.try_forward(images)?;
+        let logit_values = logits
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("float logits");
+        let mut loss = self.loss_fn.forward(logits, targets);
+        if let Some(share) = shard.share {
+            loss = loss.mul_scalar(share);
+        }
+        Ok((loss, logit_values))
+    }
+}
+
+impl TrainStep for ShardStep {
+    type Input = Shard;
+    type Output = ShardOutput;
+
+    fn step(&self, shard: Shard) -> TrainOutput<ShardOutput> {
+        let index = shard.shard;
+        match self.loss(&shard) {
+            Ok((loss, logits)) => {
+                let loss_value: f32 = loss.clone().into_scalar();
+                let item = ShardOutput {
+                    shard: index,
+                    result: Ok(ShardLoss {
+                        loss: loss_value,
+                        logits,
+                    }),
+                };
+                TrainOutput::new(self, loss.backward(), item)
+            }
+            Err(error) => TrainOutput {
+                grads: GradientsParams::new(),
+                item: ShardOutput {
+                    shard: index,
+                    result: Err(error),
+                },
+            },
+        }
+    }
+}
+
+/// burn's `LearnerModel` asks for an inference step too: the shard's loss and logits, no
+/// gradients.
+impl InferenceStep for ShardStep {
+    type Input = Shard;
+    type Output = ShardOutput;
+
+    fn step(&self, shard: Shard) -> ShardOutput {
+        ShardOutput {
+            shard: shard.shard,
+            result: self.loss(&shard).map(|(loss, logits)| ShardLoss {
+                loss: loss.into_scalar(),
+                logits,
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +350,57 @@ mod tests {
         assert_eq!(shard_ranges(10, 3), vec![0..3, 3..6, 6..10]);
         assert_eq!(shard_ranges(2, 4), vec![0..1, 1..2]);
         assert_eq!(shard_ranges(5, 1), vec![0..5]);
+    }
+
+    /// Two "devices" that are both the CPU: burn's workers, the forks, the moves and the
+    /// accumulation run as they would on two GPUs.
+    fn on_two_cpus(device: &Device, loss_fn: &CrossEntropyLoss) -> DataParallel {
+        DataParallel::new(vec![device.clone(); 2], vec![loss_fn.clone(); 2])
+    }
+
+    #[test]
+    fn a_shard_the_model_refuses_is_an_error_not_a_panic() {
+        let device = Device::flex().autodiff();
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        // 8x8 images for a model built for 16x16.
+        let pixels = crate::attention::testing::seeded_values(4 * 64, 2);
+        let error = on_two_cpus(&device, &loss_fn)
+            .batch_gradients(small_model(&device), &pixels, &[0, 1, 2, 0], [1, 8, 8])
+            .err()
+            .expect("the model refuses 8x8 images");
+        assert!(matches!(error, TrainError::Model(_)), "{error}");
+    }
+
+    #[test]
+    fn a_panic_on_a_worker_is_an_error_naming_the_device() {
+        let device = Device::flex().autodiff();
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let pixels = crate::attention::testing::seeded_values(4 * 256, 2);
+        // Class 9 of 3: the loss's gather panics on the second worker.
+        let result = on_two_cpus(&device, &loss_fn).batch_gradients(
+            small_model(&device),
+            &pixels,
+            &[0, 1, 2, 9],
+            [1, 16, 16],
+        );
+        let error = result.err().expect("the second shard fails");
+        assert_eq!(
+            error.to_string(),
+            "the training step on device 2 of 2 failed: index 9 out of bounds for dimension of size 3"
+        );
+    }
+
+    #[test]
+    fn a_batch_smaller_than_the_device_list_uses_the_first_devices() {
+        let device = Device::flex().autodiff();
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let three = DataParallel::new(vec![device.clone(); 3], vec![loss_fn; 3]);
+        let pixels = crate::attention::testing::seeded_values(2 * 256, 4);
+        let split = three
+            .batch_gradients(small_model(&device), &pixels, &[1, 2], [1, 16, 16])
+            .unwrap();
+        assert_eq!(split.logits.len(), 2 * 3);
+        assert!(split.loss.is_finite());
     }
 
     /// A ResNet-20 + PPCR for 16x16 grey images and 3 classes, the same weights every call.
@@ -208,33 +427,19 @@ mod tests {
             let mean = model.stem.norm.running_mean.value();
             mean.into_data().try_to_vec::<f32>().unwrap()
         };
-        let split = batch_gradients(
-            small_model(&device),
-            &[device.clone(), device.clone()],
-            &[loss_fn.clone(), loss_fn.clone()],
-            &pixels,
-            &labels,
-            [1, 16, 16],
-        )
-        .unwrap();
+        let split = on_two_cpus(&device, &loss_fn)
+            .batch_gradients(small_model(&device), &pixels, &labels, [1, 16, 16])
+            .unwrap();
         // Each shard's update alone, from the same starting model (a fresh one each: clones
         // share their running state).
         let shard_means: Vec<Vec<f32>> = [0..2, 2..4]
             .into_iter()
             .map(|range| {
-                let model = small_model(&device);
+                let step = ShardStep::new(small_model(&device), loss_fn.clone());
                 let pixels = &pixels[range.start * 256..range.end * 256];
-                shard_gradients(
-                    &model,
-                    &device,
-                    &loss_fn,
-                    pixels,
-                    &labels[range],
-                    [1, 16, 16],
-                    None,
-                )
-                .unwrap();
-                running_mean(&model.train())
+                let shard = Shard::new(0, &device, pixels, &labels[range], [1, 16, 16], None);
+                step.gradients(shard).unwrap();
+                running_mean(&step.model.train())
             })
             .collect();
         let merged = running_mean(&split.model);
@@ -260,32 +465,18 @@ mod tests {
         let batch = 6;
         let pixels = crate::attention::testing::seeded_values(batch * 256, 11);
         let labels = vec![0, 1, 2, 2, 1, 0];
-        // Two "devices" that are both the CPU: the threads, forks, moves and accumulation run as
-        // they would on two GPUs.
-        let devices = [device.clone(), device.clone()];
-        let split = batch_gradients(
-            model.clone(),
-            &devices,
-            &[loss_fn.clone(), loss_fn.clone()],
-            &pixels,
-            &labels,
-            dims,
-        )
-        .unwrap();
+        let split = on_two_cpus(&device, &loss_fn)
+            .batch_gradients(model.clone(), &pixels, &labels, dims)
+            .unwrap();
         // The same shards one after the other on one device, each loss weighted by 1/2.
         let halves: Vec<_> = [0..3, 3..6]
             .into_iter()
             .map(|range| {
-                shard_gradients(
-                    &model,
-                    &device,
-                    &loss_fn,
-                    &pixels[range.start * 256..range.end * 256],
-                    &labels[range],
-                    dims,
-                    Some(0.5),
-                )
-                .unwrap()
+                let pixels = &pixels[range.start * 256..range.end * 256];
+                let shard = Shard::new(0, &device, pixels, &labels[range], dims, Some(0.5));
+                let step = ShardStep::new(model.clone(), loss_fn.clone());
+                let (output, grads) = step.gradients(shard).unwrap();
+                (output.loss, output.logits, grads)
             })
             .collect();
         let expected_loss: f32 = halves.iter().map(|(loss, _, _)| loss).sum();

@@ -110,6 +110,9 @@ pub enum TrainError {
         /// Last completed epoch.
         epoch: usize,
     },
+    /// A training step failed on one of the devices (a backend error on a worker).
+    #[error("{0}")]
+    Device(String),
     /// Metrics could not be computed.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),

@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::checkpoint::{EpochRecord, RunDir, RunInfo, TrainState};
-use super::data_parallel::{BatchGradients, batch_gradients};
+use super::data_parallel::{BatchGradients, DataParallel};
 use super::evaluate::{SplitEvaluation, evaluate_split};
 use super::pause::pause_point;
 use super::{LogFormat, SelectionMetric, StepProgress, TrainConfig, TrainError, TrainObserver};
@@ -359,6 +359,7 @@ pub fn train_on(
         .iter()
         .map(|device| loss_function(config, dataset, device))
         .collect();
+    let data_parallel = DataParallel::new(train_devices, loss_fns);
     let num_classes = dataset.num_classes();
     let train_size = dataset.train.len();
     let batch_size = config.batch_size.min(train_size);
@@ -415,14 +416,7 @@ pub fn train_on(
                 loss: loss_value,
                 logits: logit_values,
                 grads,
-            } = batch_gradients(
-                model,
-                &train_devices,
-                &loss_fns,
-                &pixels,
-                &labels,
-                image_dims,
-            )?;
+            } = data_parallel.batch_gradients(model, &pixels, &labels, image_dims)?;
             if !loss_value.is_finite() {
                 return Err(TrainError::Diverged {
                     epoch: epoch + 1,
