@@ -28,8 +28,8 @@ use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{
-    contiguous_values, flex_tensor, items_per_task, lane_max, lane_sum, on_flex_f32,
-    writable_contiguous,
+    LANES, assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
+    lane_max, lane_sum, on_flex_f32, unwritten, writable_contiguous,
 };
 
 /// CBAM's whole-map steps and spatial convolution as backend extension operations, for `Flex`
@@ -96,7 +96,7 @@ impl CbamOps for Flex {
     }
 
     fn cbam_spatial_pools(x: FlexTensor, gate: FlexTensor) -> FlexTensor {
-        spatial_pools_forward(&x, &gate).0
+        spatial_pools_forward(&x, &gate, false).0
     }
 
     fn cbam_gated_product(
@@ -133,14 +133,16 @@ impl<C: CheckpointStrategy> CbamOps for Autodiff<Flex, C> {
     fn cbam_spatial_pools(x: FloatTensor<Self>, gate: FloatTensor<Self>) -> FloatTensor<Self> {
         let guards = [x.node(), gate.node()];
         let (x, gate) = (x.into_primitive(), gate.into_primitive());
-        let (output, argmax) = spatial_pools_forward(&x, &gate);
         match SpatialPoolsBackward
             .prepare::<C>(guards)
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((x, gate, std::sync::Arc::new(argmax)), output),
-            OpsKind::UnTracked(prep) => prep.finish(output),
+            OpsKind::Tracked(prep) => {
+                let (output, argmax) = spatial_pools_forward(&x, &gate, true);
+                prep.finish((x, gate, std::sync::Arc::new(argmax)), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(spatial_pools_forward(&x, &gate, false).0),
         }
     }
 
@@ -251,42 +253,89 @@ impl Backward<Flex, 1> for ChannelPoolsBackward {
 }
 
 /// The pools and, per pixel, the channel that gave the max (for the backward step).
-fn spatial_pools_forward(x: &FlexTensor, gate: &FlexTensor) -> (FlexTensor, Vec<u32>) {
+/// The spatial pools of `x * gate`, and each pixel's max channel when `keep_argmax` (what the
+/// backward step needs; inference skips it).
+fn spatial_pools_forward(
+    x: &FlexTensor,
+    gate: &FlexTensor,
+    keep_argmax: bool,
+) -> (FlexTensor, Vec<u32>) {
     let (batch, channels, pixels) = dims(x);
     let (values, gate) = (contiguous_values(x), contiguous_values(gate));
     let mut pools = vec![0.0f32; batch * 2 * pixels];
-    let mut argmax = vec![0u32; batch * pixels];
+    let mut argmax = vec![0u32; if keep_argmax { batch * pixels } else { 0 }];
+    let argmax_len = if keep_argmax { pixels } else { 0 };
+    let mut argmax_chunks: Vec<&mut [u32]> = if keep_argmax {
+        argmax.chunks_mut(pixels.max(1)).collect()
+    } else {
+        (0..batch).map(|_| <&mut [u32]>::default()).collect()
+    };
+    debug_assert!(argmax_chunks.iter().all(|chunk| chunk.len() == argmax_len));
     pools
         .par_chunks_mut((2 * pixels).max(1))
-        .zip(argmax.par_chunks_mut(pixels.max(1)))
+        .zip(argmax_chunks.par_iter_mut())
         .zip(values.par_chunks((channels * pixels).max(1)))
         .zip(gate.par_chunks(channels.max(1)))
         .with_min_len(items_per_task(channels * pixels))
         .for_each(|(((pools, argmax), sample), gate)| {
-            let (maxima, means) = pools.split_at_mut(pixels);
-            maxima.fill(f32::NEG_INFINITY);
-            for (channel, (plane, &g)) in sample.chunks(pixels.max(1)).zip(gate).enumerate() {
-                for (((maximum, mean), at), &x) in maxima
-                    .iter_mut()
-                    .zip(means.iter_mut())
-                    .zip(argmax.iter_mut())
-                    .zip(plane)
-                {
-                    let value = x * g;
-                    // Strictly greater: the first channel with the max keeps it, as burn's
-                    // `max_dim` gives it the gradient.
-                    if value > *maximum {
-                        *maximum = value;
-                        *at = channel as u32;
-                    }
-                    *mean += value;
-                }
-            }
-            means.iter_mut().for_each(|mean| *mean /= channels as f32);
+            pool_sample(sample, gate, pools, argmax, pixels)
         });
+    drop(argmax_chunks);
     let [_, _, height, width] = x.shape().dims();
     let shape = Shape::new([batch, 2, height, width]);
     (flex_tensor(pools, shape), argmax)
+}
+
+dispatch_vector_width! {
+    /// One sample's max (first `pixels` of `pools`) and mean over channels of `sample * gate`,
+    /// with each pixel's max channel in `argmax` unless it is empty.
+    fn pool_sample => pool_sample_generic(
+        sample: &[f32],
+        gate: &[f32],
+        pools: &mut [f32],
+        argmax: &mut [u32],
+        pixels: usize,
+    )
+}
+
+#[inline(always)]
+fn pool_sample_generic(
+    sample: &[f32],
+    gate: &[f32],
+    pools: &mut [f32],
+    argmax: &mut [u32],
+    pixels: usize,
+) {
+    let channels = gate.len();
+    let (maxima, means) = pools.split_at_mut(pixels);
+    maxima.fill(f32::NEG_INFINITY);
+    for (channel, (plane, &g)) in sample.chunks(pixels.max(1)).zip(gate).enumerate() {
+        if argmax.is_empty() {
+            for ((maximum, mean), &x) in maxima.iter_mut().zip(means.iter_mut()).zip(plane) {
+                let value = x * g;
+                // Strictly greater, as below (a NaN never replaces the maximum).
+                *maximum = if value > *maximum { value } else { *maximum };
+                *mean += value;
+            }
+        } else {
+            let channel = channel as u32;
+            for (((maximum, mean), at), &x) in maxima
+                .iter_mut()
+                .zip(means.iter_mut())
+                .zip(argmax.iter_mut())
+                .zip(plane)
+            {
+                let value = x * g;
+                // Strictly greater: the first channel with the max keeps it, as burn's
+                // `max_dim` gives it the gradient. Selects, not a branch, so it vectorises.
+                let greater = value > *maximum;
+                *maximum = if greater { value } else { *maximum };
+                *at = if greater { channel } else { *at };
+                *mean += value;
+            }
+        }
+    }
+    means.iter_mut().for_each(|mean| *mean /= channels as f32);
 }
 
 #[derive(Debug)]
@@ -361,7 +410,7 @@ fn gated_product_forward(
         contiguous_values(channel_gate),
         contiguous_values(spatial_gate),
     );
-    let mut output = vec![0.0f32; values.len()];
+    let mut output = unwritten(values.len());
     output
         .par_chunks_mut((channels * pixels).max(1))
         .zip(values.par_chunks((channels * pixels).max(1)))
@@ -369,17 +418,39 @@ fn gated_product_forward(
         .zip(spatial_gate.par_chunks(pixels.max(1)))
         .with_min_len(items_per_task(channels * pixels))
         .for_each(|(((out, sample), channel_gate), spatial_gate)| {
-            for ((out, plane), &g) in out
-                .chunks_mut(pixels.max(1))
-                .zip(sample.chunks(pixels.max(1)))
-                .zip(channel_gate)
-            {
-                for ((y, &x), &s) in out.iter_mut().zip(plane).zip(spatial_gate) {
-                    *y = x * g * s;
-                }
-            }
+            gated_sample(sample, channel_gate, spatial_gate, out)
         });
-    flex_tensor(output, x.shape())
+    // SAFETY: every sample's planes are written in full above.
+    flex_tensor(unsafe { assume_written(output) }, x.shape())
+}
+
+dispatch_vector_width! {
+    /// One sample's `out = x * w_c * s` for its channel gate `w` and spatial gate `s`.
+    fn gated_sample => gated_sample_generic(
+        sample: &[f32],
+        channel_gate: &[f32],
+        spatial_gate: &[f32],
+        out: &mut [std::mem::MaybeUninit<f32>],
+    )
+}
+
+#[inline(always)]
+fn gated_sample_generic(
+    sample: &[f32],
+    channel_gate: &[f32],
+    spatial_gate: &[f32],
+    out: &mut [std::mem::MaybeUninit<f32>],
+) {
+    let pixels = spatial_gate.len().max(1);
+    for ((out, plane), &g) in out
+        .chunks_mut(pixels)
+        .zip(sample.chunks(pixels))
+        .zip(channel_gate)
+    {
+        for ((y, &x), &s) in out.iter_mut().zip(plane).zip(spatial_gate) {
+            y.write(x * g * s);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -466,7 +537,6 @@ fn covered(length: usize, offset: usize, pad: usize) -> std::ops::Range<usize> {
 /// row additions: for each tap, the overlapping part of every row at once.
 fn spatial_conv_forward(pooled: &FlexTensor, weight: &FlexTensor) -> FlexTensor {
     let (batch, inputs, height, width, kernel) = conv_dims(pooled, weight);
-    let pad = (kernel - 1) / 2;
     let (values, weights) = (contiguous_values(pooled), contiguous_values(weight));
     let plane = height * width;
     let mut output = vec![0.0f32; batch * plane];
@@ -474,31 +544,90 @@ fn spatial_conv_forward(pooled: &FlexTensor, weight: &FlexTensor) -> FlexTensor 
         .par_chunks_mut(plane.max(1))
         .zip(values.par_chunks((inputs * plane).max(1)))
         .with_min_len(items_per_task(inputs * plane))
-        .for_each(|(out, sample)| {
-            for (input, taps) in sample
-                .chunks(plane.max(1))
+        .for_each(|(out, sample)| conv_sample(sample, &weights, out, width, kernel));
+    flex_tensor(output, Shape::new([batch, 1, height, width]))
+}
+
+dispatch_vector_width! {
+    /// One sample's convolution: `out` (one `height x width` plane, zero on entry) plus the
+    /// `kernel x kernel` taps of each input plane of `sample`.
+    fn conv_sample => conv_sample_generic(
+        sample: &[f32],
+        weights: &[f32],
+        out: &mut [f32],
+        width: usize,
+        kernel: usize,
+    )
+}
+
+/// The widest span of an output row the convolution sums at once: two 8-wide registers, two
+/// independent chains of additions (32 values spilled out of registers and ran 3x slower).
+const CONV_SPAN: usize = 16;
+
+#[inline(always)]
+fn conv_sample_generic(
+    sample: &[f32],
+    weights: &[f32],
+    out: &mut [f32],
+    width: usize,
+    kernel: usize,
+) {
+    // Spans as wide as the rows need, rounded up to 8, so narrow maps do not sum dead lanes.
+    match width {
+        0..=8 => conv_spans::<8>(sample, weights, out, width, kernel),
+        _ => conv_spans::<CONV_SPAN>(sample, weights, out, width, kernel),
+    }
+}
+
+/// [`conv_sample_generic`] with every output row summed in spans of `SPAN` values, each held in
+/// registers while all taps are added to it.
+#[inline(always)]
+fn conv_spans<const SPAN: usize>(
+    sample: &[f32],
+    weights: &[f32],
+    out: &mut [f32],
+    width: usize,
+    kernel: usize,
+) {
+    let pad = (kernel - 1) / 2;
+    let plane = out.len();
+    let height = plane / width.max(1);
+    // The input planes with a zero border (and `SPAN` more zeros right of each row), so every
+    // tap reads a whole span. Border taps add exact zeros, so each output is the same sum, in
+    // the same order, as over the covered taps only.
+    let (padded_width, padded_height) = (width + 2 * pad + SPAN, height + 2 * pad);
+    let padded_plane = padded_width * padded_height;
+    let inputs = sample.len() / plane.max(1);
+    let mut padded = vec![0.0f32; inputs * padded_plane];
+    for (padded, input) in padded
+        .chunks_mut(padded_plane.max(1))
+        .zip(sample.chunks(plane.max(1)))
+    {
+        for (y, row) in input.chunks(width.max(1)).enumerate() {
+            padded[(y + pad) * padded_width + pad..][..width].copy_from_slice(row);
+        }
+    }
+    for (y, out_row) in out.chunks_mut(width.max(1)).enumerate() {
+        for (span_start, out_span) in (0..width).step_by(SPAN).zip(out_row.chunks_mut(SPAN)) {
+            let mut sums = [0.0f32; SPAN];
+            for (padded, taps) in padded
+                .chunks(padded_plane.max(1))
                 .zip(weights.chunks(kernel * kernel))
             {
-                for ky in 0..kernel {
-                    for y in covered(height, ky, pad) {
-                        let source_row = &input[(y + ky - pad) * width..][..width];
-                        let out_row = &mut out[y * width..][..width];
-                        for kx in 0..kernel {
-                            let w = taps[ky * kernel + kx];
-                            let xs = covered(width, kx, pad);
-                            if xs.is_empty() {
-                                continue;
-                            }
-                            let source = &source_row[xs.start + kx - pad..xs.end + kx - pad];
-                            for (o, &v) in out_row[xs].iter_mut().zip(source) {
-                                *o += w * v;
-                            }
+                for (ky, row_taps) in taps.chunks(kernel).enumerate() {
+                    let row = &padded[(y + ky) * padded_width + span_start..];
+                    for (kx, &w) in row_taps.iter().enumerate() {
+                        let source: &[f32; SPAN] =
+                            row[kx..kx + SPAN].try_into().expect("a whole span");
+                        for (sum, &v) in sums.iter_mut().zip(source) {
+                            *sum += w * v;
                         }
                     }
                 }
             }
-        });
-    flex_tensor(output, Shape::new([batch, 1, height, width]))
+            out_span.copy_from_slice(&sums[..out_span.len()]);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -513,7 +642,6 @@ impl Backward<Flex, 2> for SpatialConvBackward {
         let grad_output = grads.consume::<Flex>(&ops.node);
         let (pooled, weight) = &ops.state;
         let (batch, inputs, height, width, kernel) = conv_dims(pooled, weight);
-        let pad = (kernel - 1) / 2;
         let (values, weights) = (contiguous_values(pooled), contiguous_values(weight));
         let grad_output = contiguous_values(&grad_output);
         let plane = height * width;
@@ -529,37 +657,7 @@ impl Backward<Flex, 2> for SpatialConvBackward {
             .zip(grad_output.par_chunks(plane.max(1)))
             .with_min_len(items_per_task(inputs * plane))
             .for_each(|(((grad_in, grad_w), sample), grad_out)| {
-                for (((grad_input, input), tap_weights), tap_grads) in grad_in
-                    .chunks_mut(plane.max(1))
-                    .zip(sample.chunks(plane.max(1)))
-                    .zip(weights.chunks(kernel * kernel))
-                    .zip(grad_w.chunks_mut(kernel * kernel))
-                {
-                    for ky in 0..kernel {
-                        for y in covered(height, ky, pad) {
-                            let row = (y + ky - pad) * width;
-                            let grad_out_row = &grad_out[y * width..][..width];
-                            for kx in 0..kernel {
-                                let xs = covered(width, kx, pad);
-                                if xs.is_empty() {
-                                    continue;
-                                }
-                                let shift = row + xs.start + kx - pad..row + xs.end + kx - pad;
-                                let w = tap_weights[ky * kernel + kx];
-                                let mut sum = 0.0f32;
-                                for ((g_in, &v), &g) in grad_input[shift.clone()]
-                                    .iter_mut()
-                                    .zip(&input[shift])
-                                    .zip(&grad_out_row[xs])
-                                {
-                                    *g_in += w * g;
-                                    sum += v * g;
-                                }
-                                tap_grads[ky * kernel + kx] += sum;
-                            }
-                        }
-                    }
-                }
+                conv_backward_sample(grad_in, grad_w, sample, &weights, grad_out, width, kernel)
             });
         if let Some(node) = pooled_node {
             grads.register::<Flex>(node.id, flex_tensor(grad_pooled, pooled.shape()));
@@ -574,6 +672,90 @@ impl Backward<Flex, 2> for SpatialConvBackward {
             grads.register::<Flex>(node.id, flex_tensor(grad_weight, weight.shape()));
         }
     }
+}
+
+dispatch_vector_width! {
+    /// One sample's convolution backward: adds to `grad_in` (its input planes' gradient, zero on
+    /// entry) and to `grad_w` (its share of the weight gradient, zero on entry) from `grad_out`,
+    /// the gradient of its one output plane of rows of `width`.
+    fn conv_backward_sample => conv_backward_sample_generic(
+        grad_in: &mut [f32],
+        grad_w: &mut [f32],
+        sample: &[f32],
+        weights: &[f32],
+        grad_out: &[f32],
+        width: usize,
+        kernel: usize,
+    )
+}
+
+#[inline(always)]
+fn conv_backward_sample_generic(
+    grad_in: &mut [f32],
+    grad_w: &mut [f32],
+    sample: &[f32],
+    weights: &[f32],
+    grad_out: &[f32],
+    width: usize,
+    kernel: usize,
+) {
+    let pad = (kernel - 1) / 2;
+    let plane = grad_out.len();
+    let height = plane / width.max(1);
+    for (((grad_input, input), tap_weights), tap_grads) in grad_in
+        .chunks_mut(plane.max(1))
+        .zip(sample.chunks(plane.max(1)))
+        .zip(weights.chunks(kernel * kernel))
+        .zip(grad_w.chunks_mut(kernel * kernel))
+    {
+        for ky in 0..kernel {
+            for y in covered(height, ky, pad) {
+                let row = (y + ky - pad) * width;
+                let grad_out_row = &grad_out[y * width..][..width];
+                for kx in 0..kernel {
+                    let xs = covered(width, kx, pad);
+                    if xs.is_empty() {
+                        continue;
+                    }
+                    let shift = row + xs.start + kx - pad..row + xs.end + kx - pad;
+                    tap_grads[ky * kernel + kx] += scatter_and_dot(
+                        &mut grad_input[shift.clone()],
+                        &input[shift],
+                        &grad_out_row[xs],
+                        tap_weights[ky * kernel + kx],
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `grad_input += w * grad_out`, and returns `sum(input * grad_out)` over [`LANES`]
+/// accumulators, so both vectorise (one running sum would be a chain of dependent additions).
+#[inline(always)]
+fn scatter_and_dot(grad_input: &mut [f32], input: &[f32], grad_out: &[f32], w: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let whole = grad_out.len() / LANES * LANES;
+    for ((grad_input, input), grad_out) in grad_input[..whole]
+        .chunks_exact_mut(LANES)
+        .zip(input[..whole].chunks_exact(LANES))
+        .zip(grad_out[..whole].chunks_exact(LANES))
+    {
+        for lane in 0..LANES {
+            grad_input[lane] += w * grad_out[lane];
+            lanes[lane] += input[lane] * grad_out[lane];
+        }
+    }
+    for (lane, ((g_in, &v), &g)) in grad_input[whole..]
+        .iter_mut()
+        .zip(&input[whole..])
+        .zip(&grad_out[whole..])
+        .enumerate()
+    {
+        *g_in += w * g;
+        lanes[lane] += v * g;
+    }
+    lanes.iter().sum()
 }
 
 #[cfg(test)]
@@ -601,8 +783,11 @@ mod tests {
     #[test]
     fn the_fused_convolution_matches_burns_with_taps_beyond_small_maps() {
         let device = device().autodiff();
-        // 7x7 taps on maps of 1x1, 2x5 and 9x9: some taps miss the map entirely.
-        for (seed, [height, width]) in [[1, 1], [2, 5], [9, 9]].into_iter().enumerate() {
+        // 7x7 taps on maps of 1x1, 2x5 and 9x9: some taps miss the map entirely. Rows of 8 and 9
+        // and 37 values take the one-register, the two-register and several two-register spans
+        // (the last one partly used).
+        let maps = [[1, 1], [2, 5], [9, 9], [3, 8], [6, 37]];
+        for (seed, [height, width]) in maps.into_iter().enumerate() {
             let cbam = unit_with_kernel(8, 7, &device);
             let pooled = random_tensor([2, 2, height, width], seed as u64, &device);
             let upstream = random_tensor([2, 1, height, width], seed as u64 + 5, &device);
@@ -669,5 +854,72 @@ mod tests {
             let reference = gradients(&|x| cbam.tensor_forward(x));
             assert_matches_reference(&fused, &reference, 1e-4, &format!("{shape:?} gradient"));
         }
+    }
+
+    #[test]
+    fn the_wide_compilation_gives_the_same_bits_as_the_baseline_one() {
+        use crate::attention::testing::seeded_values;
+        let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        // 3 channels of 5x11 pixels: rows wider than a span and a remainder in every loop.
+        let (channels, height, width, kernel) = (3, 5, 11, 7);
+        let pixels = height * width;
+        let (x, gate) = (
+            seeded_values(channels * pixels, 1),
+            seeded_values(channels, 2),
+        );
+        let spatial_gate = seeded_values(pixels, 3);
+
+        type Pool = fn(&[f32], &[f32], &mut [f32], &mut [u32], usize);
+        let pool_with = |kernel: Pool, keep_argmax: bool| {
+            let mut pools = vec![0.0; 2 * pixels];
+            let mut argmax = vec![0u32; if keep_argmax { pixels } else { 0 }];
+            kernel(&x, &gate, &mut pools, &mut argmax, pixels);
+            (bits(&pools), argmax)
+        };
+        for keep_argmax in [false, true] {
+            assert_eq!(
+                pool_with(pool_sample, keep_argmax),
+                pool_with(pool_sample_generic, keep_argmax)
+            );
+        }
+
+        type Gated = fn(&[f32], &[f32], &[f32], &mut [std::mem::MaybeUninit<f32>]);
+        let gated_with = |kernel: Gated| {
+            let mut out = unwritten(x.len());
+            kernel(&x, &gate, &spatial_gate, &mut out);
+            // SAFETY: the kernel writes every value.
+            bits(&unsafe { assume_written(out) })
+        };
+        assert_eq!(gated_with(gated_sample), gated_with(gated_sample_generic));
+
+        let pooled = seeded_values(2 * pixels, 4);
+        let weights = seeded_values(2 * kernel * kernel, 5);
+        type Conv = fn(&[f32], &[f32], &mut [f32], usize, usize);
+        let conv_with = |conv: Conv| {
+            let mut out = vec![0.0; pixels];
+            conv(&pooled, &weights, &mut out, width, kernel);
+            bits(&out)
+        };
+        assert_eq!(conv_with(conv_sample), conv_with(conv_sample_generic));
+
+        type ConvBackward = fn(&mut [f32], &mut [f32], &[f32], &[f32], &[f32], usize, usize);
+        let grad_out = seeded_values(pixels, 6);
+        let conv_backward_with = |conv: ConvBackward| {
+            let (mut grad_in, mut grad_w) = (vec![0.0; 2 * pixels], vec![0.0; weights.len()]);
+            conv(
+                &mut grad_in,
+                &mut grad_w,
+                &pooled,
+                &weights,
+                &grad_out,
+                width,
+                kernel,
+            );
+            (bits(&grad_in), bits(&grad_w))
+        };
+        assert_eq!(
+            conv_backward_with(conv_backward_sample),
+            conv_backward_with(conv_backward_sample_generic)
+        );
     }
 }
