@@ -14,6 +14,10 @@
 //! - [`spatial_conv`]: the `K x K` convolution of those two maps to one;
 //! - [`gated_product`]: `x * w * s` for the channel gate `w` and the spatial gate `s`
 //!   `[B, 1, H, W]`.
+//!
+//! The loops are written to vectorise (selects instead of branches, sums over separate lanes,
+//! a span of outputs held in registers across the convolution's taps), and each runs a second
+//! compilation with AVX2 where the processor has it (`kernels::dispatch_vector_width`).
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
