@@ -206,6 +206,7 @@ mod tests {
             val_balanced_accuracy: 0.5,
             seconds: 1.5,
             images_per_second: 100.0,
+            devices: 1,
         };
         let state = TrainState {
             epochs_completed: 1,

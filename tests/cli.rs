@@ -145,11 +145,32 @@ fn training_splits_batches_across_the_devices_it_is_given() {
     let folder = tempfile::tempdir().unwrap();
     // Two "devices" that are both the CPU run the data-parallel path: two shards per batch,
     // each on its own thread, gradients summed on the first device.
-    let mut args = common::tiny_train_args(&folder.path().join("run"), 1);
+    let run = folder.path().join("run");
+    let mut args = common::tiny_train_args(&run, 1);
     args.extend(["--devices", "cpu,cpu"].map(String::from));
     let output = ppcr(args);
     assert_success(&output);
     assert!(stdout(&output).contains("test metrics (3 images)"));
+
+    // Resumed on one device: said at the start, and each epoch's device count is in the log.
+    let mut args = common::tiny_train_args(&run, 2);
+    args.push("--resume".into());
+    let output = ppcr(args);
+    assert_success(&output);
+    assert!(
+        stdout(&output).contains("note: epoch 1 ran on 2 device(s) and this session runs on 1"),
+        "{}",
+        stdout(&output)
+    );
+    let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
+    let mut lines = log.lines().map(|line| line.split(',').collect::<Vec<_>>());
+    let header = lines.next().unwrap();
+    let column = header
+        .iter()
+        .position(|name| *name == "devices")
+        .expect("{log}");
+    let devices: Vec<&str> = lines.map(|fields| fields[column]).collect();
+    assert_eq!(devices, ["2", "1"]);
 
     // A device the build cannot use is refused before any data is read.
     let output = ppcr(["train", "--devices", "cpu,cuda:1", "--epochs", "1"]);

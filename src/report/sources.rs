@@ -565,6 +565,7 @@ pub(crate) mod tests {
             val_balanced_accuracy: 0.4 + 0.1 * epoch as f64,
             seconds: 1.5,
             images_per_second: 100.0,
+            devices: 1,
         }
     }
 

@@ -67,10 +67,18 @@ pub struct EpochRecord {
     pub val_auc: Option<f64>,
     /// Validation balanced accuracy.
     pub val_balanced_accuracy: f64,
+    /// How many devices the epoch's batches were split across (`train --devices`). Logs written
+    /// before this field existed read as 1.
+    #[serde(default = "one_device")]
+    pub devices: usize,
     /// Wall time of the epoch (training and validation), seconds.
     pub seconds: f64,
     /// Training throughput, images per second.
     pub images_per_second: f64,
+}
+
+fn one_device() -> usize {
+    1
 }
 
 /// Where training stands after a completed epoch.

@@ -367,24 +367,34 @@ pub fn train_on(
     let steps_per_epoch = (train_size / batch_size).max(1);
     let total_steps = steps_per_epoch * config.epochs;
     let image_dims = [shape.channels, shape.height, shape.width];
-    observer.on_start(
-        state.epochs_completed + 1,
-        config.epochs,
-        &format!(
-            "{} + {} ({} parameters) on {} [{} train / {} val / {} test, {} classes, {}x{}x{}]",
-            config.backbone,
-            config.attention,
-            params,
-            dataset.name,
-            train_size,
-            dataset.val.len(),
-            dataset.test.len(),
-            num_classes,
-            shape.height,
-            shape.width,
-            shape.channels
-        ),
+    let mut summary = format!(
+        "{} + {} ({} parameters) on {} [{} train / {} val / {} test, {} classes, {}x{}x{}]",
+        config.backbone,
+        config.attention,
+        params,
+        dataset.name,
+        train_size,
+        dataset.val.len(),
+        dataset.test.len(),
+        num_classes,
+        shape.height,
+        shape.width,
+        shape.channels
     );
+    if let Some(last) = state
+        .history
+        .last()
+        .filter(|last| last.devices != devices.len())
+    {
+        summary.push_str(&format!(
+            "\nnote: epoch {} ran on {} device(s) and this session runs on {}: BatchNorm normalises \
+             other shards, so the run continues but will not match an uninterrupted one bit for bit",
+            last.epoch,
+            last.devices,
+            devices.len()
+        ));
+    }
+    observer.on_start(state.epochs_completed + 1, config.epochs, &summary);
     let started = Instant::now();
 
     for epoch in state.epochs_completed..config.epochs {
@@ -471,6 +481,7 @@ pub fn train_on(
             val_accuracy: val.report.accuracy,
             val_auc: val.report.auc_macro,
             val_balanced_accuracy: val.report.balanced_accuracy,
+            devices: devices.len(),
             seconds: epoch_started.elapsed().as_secs_f64(),
             images_per_second: seen as f64 / train_seconds,
         };
