@@ -342,6 +342,77 @@ fn pool_sample_generic(
     means.iter_mut().for_each(|mean| *mean /= channels as f32);
 }
 
+dispatch_vector_width! {
+    /// One sample's backward step of the spatial pools: `grad` (`x`'s gradient) and `grad_gate`
+    /// (one value per channel) from `grad_pools` (the max map's gradient, then the mean map's)
+    /// and each pixel's max channel.
+    fn pools_backward_sample => pools_backward_sample_generic(
+        grad: &mut [f32],
+        grad_gate: &mut [f32],
+        sample: &[f32],
+        gate: &[f32],
+        grad_pools: &[f32],
+        argmax: &[u32],
+    )
+}
+
+#[inline(always)]
+fn pools_backward_sample_generic(
+    grad: &mut [f32],
+    grad_gate: &mut [f32],
+    sample: &[f32],
+    gate: &[f32],
+    grad_pools: &[f32],
+    argmax: &[u32],
+) {
+    let (channels, pixels) = (gate.len(), argmax.len());
+    let (grad_max, grad_mean) = grad_pools.split_at(pixels);
+    // Each channel's share of the mean map's gradient, divided once per pixel, not per value.
+    let grad_mean: Vec<f32> = grad_mean.iter().map(|d| d / channels as f32).collect();
+    // The gradient reaching `x * g` at a pixel of `channel`.
+    let upstream = |channel: u32, dmax: f32, mean_share: f32, at: u32| {
+        mean_share + if at == channel { dmax } else { 0.0 }
+    };
+    let whole = pixels / LANES * LANES;
+    for (channel, (((grad, plane), &g), grad_g)) in grad
+        .chunks_mut(pixels.max(1))
+        .zip(sample.chunks(pixels.max(1)))
+        .zip(gate)
+        .zip(grad_gate.iter_mut())
+        .enumerate()
+    {
+        let channel = channel as u32;
+        // The gate's gradient over separate lanes, so the loop vectorises.
+        let mut lanes = [0.0f32; LANES];
+        for ((((out, x), dmax), dmean), at) in grad[..whole]
+            .chunks_exact_mut(LANES)
+            .zip(plane[..whole].chunks_exact(LANES))
+            .zip(grad_max[..whole].chunks_exact(LANES))
+            .zip(grad_mean[..whole].chunks_exact(LANES))
+            .zip(argmax[..whole].chunks_exact(LANES))
+        {
+            for lane in 0..LANES {
+                let upstream = upstream(channel, dmax[lane], dmean[lane], at[lane]);
+                out[lane] = upstream * g;
+                lanes[lane] += upstream * x[lane];
+            }
+        }
+        for (lane, ((((out, &x), &dmax), &dmean), &at)) in grad[whole..]
+            .iter_mut()
+            .zip(&plane[whole..])
+            .zip(&grad_max[whole..])
+            .zip(&grad_mean[whole..])
+            .zip(&argmax[whole..])
+            .enumerate()
+        {
+            let upstream = upstream(channel, dmax, dmean, at);
+            *out = upstream * g;
+            lanes[lane] += upstream * x;
+        }
+        *grad_g = lanes.iter().sum();
+    }
+}
+
 #[derive(Debug)]
 struct SpatialPoolsBackward;
 
@@ -368,30 +439,7 @@ impl Backward<Flex, 2> for SpatialPoolsBackward {
             .with_min_len(items_per_task(channels * pixels))
             .for_each(
                 |(((((grad, grad_gate), sample), gate), grad_pools), argmax)| {
-                    let (grad_max, grad_mean) = grad_pools.split_at(pixels);
-                    for (channel, (((grad, plane), &g), grad_g)) in grad
-                        .chunks_mut(pixels.max(1))
-                        .zip(sample.chunks(pixels.max(1)))
-                        .zip(gate)
-                        .zip(grad_gate.iter_mut())
-                        .enumerate()
-                    {
-                        let mut sum = 0.0f32;
-                        for ((((out, &x), &dmax), &dmean), &at) in grad
-                            .iter_mut()
-                            .zip(plane)
-                            .zip(grad_max)
-                            .zip(grad_mean)
-                            .zip(argmax)
-                        {
-                            // The gradient reaching `x * g` at this pixel and channel.
-                            let upstream = dmean / channels as f32
-                                + if at as usize == channel { dmax } else { 0.0 };
-                            *out = upstream * g;
-                            sum += upstream * x;
-                        }
-                        *grad_g = sum;
-                    }
+                    pools_backward_sample(grad, grad_gate, sample, gate, grad_pools, argmax)
                 },
             );
         if let Some(node) = x_node {
@@ -457,6 +505,68 @@ fn gated_sample_generic(
     }
 }
 
+dispatch_vector_width! {
+    /// One sample's backward step of `x * w * s`: `grad` holds `dy` on entry and `dx` on return;
+    /// `grad_channel` (one value per channel) and `grad_spatial` (one per pixel, zero on entry)
+    /// receive the gates' gradients.
+    fn gated_backward_sample => gated_backward_sample_generic(
+        grad: &mut [f32],
+        grad_channel: &mut [f32],
+        grad_spatial: &mut [f32],
+        sample: &[f32],
+        channel_gate: &[f32],
+        spatial_gate: &[f32],
+    )
+}
+
+#[inline(always)]
+fn gated_backward_sample_generic(
+    grad: &mut [f32],
+    grad_channel: &mut [f32],
+    grad_spatial: &mut [f32],
+    sample: &[f32],
+    channel_gate: &[f32],
+    spatial_gate: &[f32],
+) {
+    let pixels = spatial_gate.len().max(1);
+    let whole = spatial_gate.len() / LANES * LANES;
+    for (((grad, plane), &g), grad_g) in grad
+        .chunks_mut(pixels)
+        .zip(sample.chunks(pixels))
+        .zip(channel_gate)
+        .zip(grad_channel.iter_mut())
+    {
+        // The channel gate's gradient over separate lanes, so the loop vectorises.
+        let mut lanes = [0.0f32; LANES];
+        for (((dy, x), s), grad_s) in grad[..whole]
+            .chunks_exact_mut(LANES)
+            .zip(plane[..whole].chunks_exact(LANES))
+            .zip(spatial_gate[..whole].chunks_exact(LANES))
+            .zip(grad_spatial[..whole].chunks_exact_mut(LANES))
+        {
+            for lane in 0..LANES {
+                let dy_x = dy[lane] * x[lane];
+                lanes[lane] += dy_x * s[lane];
+                grad_s[lane] += dy_x * g;
+                dy[lane] *= g * s[lane];
+            }
+        }
+        for (lane, (((dy, &x), &s), grad_s)) in grad[whole..]
+            .iter_mut()
+            .zip(&plane[whole..])
+            .zip(&spatial_gate[whole..])
+            .zip(grad_spatial[whole..].iter_mut())
+            .enumerate()
+        {
+            let dy_x = *dy * x;
+            lanes[lane] += dy_x * s;
+            *grad_s += dy_x * g;
+            *dy *= g * s;
+        }
+        *grad_g = lanes.iter().sum();
+    }
+}
+
 #[derive(Debug)]
 struct GatedProductBackward;
 
@@ -488,25 +598,14 @@ impl Backward<Flex, 3> for GatedProductBackward {
             .with_min_len(items_per_task(channels * pixels))
             .for_each(
                 |(((((grad, grad_channel), grad_spatial), sample), channel_gate), spatial_gate)| {
-                    for (((grad, plane), &g), grad_g) in grad
-                        .chunks_mut(pixels.max(1))
-                        .zip(sample.chunks(pixels.max(1)))
-                        .zip(channel_gate)
-                        .zip(grad_channel.iter_mut())
-                    {
-                        let mut sum = 0.0f32;
-                        for (((dy, &x), &s), grad_s) in grad
-                            .iter_mut()
-                            .zip(plane)
-                            .zip(spatial_gate)
-                            .zip(grad_spatial.iter_mut())
-                        {
-                            sum += *dy * x * s;
-                            *grad_s += *dy * x * g;
-                            *dy *= g * s;
-                        }
-                        *grad_g = sum;
-                    }
+                    gated_backward_sample(
+                        grad,
+                        grad_channel,
+                        grad_spatial,
+                        sample,
+                        channel_gate,
+                        spatial_gate,
+                    )
                 },
             );
         if let Some(node) = channel_node {
@@ -895,6 +994,39 @@ mod tests {
             bits(&unsafe { assume_written(out) })
         };
         assert_eq!(gated_with(gated_sample), gated_with(gated_sample_generic));
+
+        type PoolsBackward = fn(&mut [f32], &mut [f32], &[f32], &[f32], &[f32], &[u32]);
+        let grad_pools = seeded_values(2 * pixels, 8);
+        let (_, argmax) = pool_with(pool_sample_generic, true);
+        let pools_backward_with = |kernel: PoolsBackward| {
+            let (mut grad, mut grad_gate) = (vec![0.0; x.len()], vec![0.0; channels]);
+            kernel(&mut grad, &mut grad_gate, &x, &gate, &grad_pools, &argmax);
+            (bits(&grad), bits(&grad_gate))
+        };
+        assert_eq!(
+            pools_backward_with(pools_backward_sample),
+            pools_backward_with(pools_backward_sample_generic)
+        );
+
+        type GatedBackward = fn(&mut [f32], &mut [f32], &mut [f32], &[f32], &[f32], &[f32]);
+        let dy = seeded_values(x.len(), 7);
+        let gated_backward_with = |kernel: GatedBackward| {
+            let (mut grad, mut grad_channel) = (dy.clone(), vec![0.0; channels]);
+            let mut grad_spatial = vec![0.0; pixels];
+            kernel(
+                &mut grad,
+                &mut grad_channel,
+                &mut grad_spatial,
+                &x,
+                &gate,
+                &spatial_gate,
+            );
+            (bits(&grad), bits(&grad_channel), bits(&grad_spatial))
+        };
+        assert_eq!(
+            gated_backward_with(gated_backward_sample),
+            gated_backward_with(gated_backward_sample_generic)
+        );
 
         let pooled = seeded_values(2 * pixels, 4);
         let weights = seeded_values(2 * kernel * kernel, 5);
