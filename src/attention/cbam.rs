@@ -21,7 +21,8 @@ pub struct CbamConfig {
     /// Reduction ratio of the channel gate's MLP (paper: 16).
     #[config(default = 16)]
     pub reduction: usize,
-    /// Kernel size of the spatial gate's convolution (paper: 7).
+    /// Kernel size of the spatial gate's convolution (paper: 7); odd, so the padding keeps the
+    /// map's size.
     #[config(default = 7)]
     pub spatial_kernel: usize,
 }
@@ -40,8 +41,13 @@ pub struct Cbam {
 }
 
 impl CbamConfig {
-    /// Build the unit.
+    /// Build the unit. Panics on an even `spatial_kernel`.
     pub fn init(&self, device: &Device) -> Cbam {
+        assert!(
+            self.spatial_kernel % 2 == 1,
+            "CBAM's spatial kernel must be odd to keep the map's size, got {}",
+            self.spatial_kernel
+        );
         let hidden = (self.channels / self.reduction.max(1)).max(1);
         let padding = (self.spatial_kernel - 1) / 2;
         Cbam {
@@ -126,6 +132,12 @@ mod tests {
             crate::params::count_trainable(&cbam),
             (64 * 4 + 4) + (4 * 64 + 64) + 2 * 49 + 2
         );
+    }
+
+    #[test]
+    #[should_panic(expected = "spatial kernel must be odd")]
+    fn an_even_spatial_kernel_is_refused() {
+        CbamConfig::new(16).with_spatial_kernel(6).init(&device());
     }
 
     #[test]
