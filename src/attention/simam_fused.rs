@@ -285,9 +285,7 @@ mod tests {
 
     #[test]
     fn the_fused_path_is_taken_on_flex_with_and_without_autodiff() {
-        for device in [device(), device().autodiff()] {
-            assert!(fused_available(&random_tensor([1, 2, 2, 2], 1, &device)));
-        }
+        crate::attention::testing::assert_fused_on_flex(fused_available);
     }
 
     #[test]

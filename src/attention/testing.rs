@@ -209,6 +209,14 @@ pub fn assert_matches_reference(fused: &[f32], reference: &[f32], tolerance: f32
     }
 }
 
+/// Asserts that a unit's `fused_available` takes the fused path on Flex, with and without
+/// autodiff.
+pub fn assert_fused_on_flex(fused_available: fn(&Tensor<4>) -> bool) {
+    for device in [device(), device().autodiff()] {
+        assert!(fused_available(&random_tensor([1, 2, 2, 2], 1, &device)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
