@@ -11,6 +11,8 @@ use burn::nn::PaddingConfig1d;
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::tensor::{Device, Tensor, activation};
 
+use super::channel_ops::{ChannelOps, PlaneStatistic};
+
 /// Configuration of an [`EfficientChannelAttention`] unit.
 #[derive(Config, Debug)]
 pub struct EfficientChannelAttentionConfig {
@@ -54,11 +56,27 @@ impl EfficientChannelAttentionConfig {
 
 impl EfficientChannelAttention {
     /// Rescale each channel of `x` (`[B, C, H, W]`).
+    ///
+    /// The pooling and the rescaling run as the fused kernels of `channel_ops_fused` on the
+    /// Flex backend (plain or autodiff, `f32`), as [`EfficientChannelAttention::tensor_forward`]
+    /// does them elsewhere.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_with(ChannelOps::for_input(&x), x)
+    }
+
+    /// [`EfficientChannelAttention::forward`] composed of burn tensor operations on any backend:
+    /// the reference the fused kernels are tested against.
+    pub fn tensor_forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_with(ChannelOps::Tensor, x)
+    }
+
+    fn forward_with(&self, ops: ChannelOps, x: Tensor<4>) -> Tensor<4> {
         let [batch, channels, _, _] = x.dims();
-        let pooled = x.clone().mean_dims(&[2, 3]).reshape([batch, 1, channels]);
+        let pooled = ops
+            .statistic(x.clone(), PlaneStatistic::Mean)
+            .reshape([batch, 1, channels]);
         let weights = activation::sigmoid(self.channel_conv.forward(pooled));
-        x * weights.reshape([batch, channels, 1, 1])
+        ops.scale(x, weights.reshape([batch, channels]))
     }
 }
 

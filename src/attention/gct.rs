@@ -11,6 +11,8 @@ use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
+use super::channel_ops::{ChannelOps, PlaneStatistic};
+
 /// Configuration of a [`GatedChannelTransformation`] unit.
 #[derive(Config, Debug)]
 pub struct GatedChannelTransformationConfig {
@@ -48,13 +50,25 @@ impl GatedChannelTransformationConfig {
 
 impl GatedChannelTransformation {
     /// Gate each channel of `x` (`[B, C, H, W]`).
+    ///
+    /// The embedding's sum of squares and the gating run as the fused kernels of
+    /// `channel_ops_fused` on the Flex backend (plain or autodiff, `f32`), as
+    /// [`GatedChannelTransformation::tensor_forward`] does them elsewhere.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_with(ChannelOps::for_input(&x), x)
+    }
+
+    /// [`GatedChannelTransformation::forward`] composed of burn tensor operations on any
+    /// backend: the reference the fused kernels are tested against.
+    pub fn tensor_forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_with(ChannelOps::Tensor, x)
+    }
+
+    fn forward_with(&self, ops: ChannelOps, x: Tensor<4>) -> Tensor<4> {
         let [_, channels, _, _] = x.dims();
-        let per_channel = |p: &Param<Tensor<1>>| p.val().reshape([1, channels, 1, 1]);
-        let embedding = x
-            .clone()
-            .square()
-            .sum_dims(&[2, 3])
+        let per_channel = |p: &Param<Tensor<1>>| p.val().reshape([1, channels]);
+        let embedding = ops
+            .statistic(x.clone(), PlaneStatistic::SumOfSquares)
             .add_scalar(self.epsilon)
             .sqrt()
             * per_channel(&self.alpha);
@@ -68,7 +82,7 @@ impl GatedChannelTransformation {
         let gate = (embedding * norm + per_channel(&self.beta))
             .tanh()
             .add_scalar(1.0);
-        x * gate
+        ops.scale(x, gate)
     }
 }
 

@@ -90,6 +90,23 @@ pub(crate) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     lanes.iter().sum()
 }
 
+/// `sum_i f(xs_i, ys_i)` over [`LANES`] accumulators, combined in a fixed order.
+#[inline(always)]
+pub(crate) fn lane_sum_pairs(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let (x_chunks, y_chunks) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
+    let (x_rest, y_rest) = (x_chunks.remainder(), y_chunks.remainder());
+    for (x_chunk, y_chunk) in x_chunks.zip(y_chunks) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(x_chunk).zip(y_chunk) {
+            *lane += f(x, y);
+        }
+    }
+    for ((lane, &x), &y) in lanes.iter_mut().zip(x_rest).zip(y_rest) {
+        *lane += f(x, y);
+    }
+    lanes.iter().sum()
+}
+
 /// The largest of `values` (`-inf` for none), over [`LANES`] accumulators so it vectorises.
 #[inline(always)]
 pub(crate) fn lane_max(values: &[f32]) -> f32 {

@@ -7,6 +7,8 @@
 
 mod cbam;
 mod cbam_fused;
+mod channel_ops;
+mod channel_ops_fused;
 mod eca;
 mod factory;
 mod gct;
@@ -21,6 +23,7 @@ mod srm;
 pub(crate) mod testing;
 
 pub use cbam::{Cbam, CbamConfig};
+pub use channel_ops::PlaneStatistic;
 pub use eca::{EfficientChannelAttention, EfficientChannelAttentionConfig, eca_kernel_size};
 pub use factory::{Attention, AttentionConfig, AttentionKind, AttentionUnit, UnitSpec};
 pub use gct::{GatedChannelTransformation, GatedChannelTransformationConfig};

@@ -9,6 +9,8 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, activation};
 
+use super::channel_ops::{ChannelOps, PlaneStatistic};
+
 /// Configuration of a [`SqueezeExcitation`] unit.
 #[derive(Config, Debug)]
 pub struct SqueezeExcitationConfig {
@@ -41,12 +43,25 @@ impl SqueezeExcitationConfig {
 
 impl SqueezeExcitation {
     /// Rescale each channel of `x` (`[B, C, H, W]`) by its excitation.
+    ///
+    /// The pooling and the rescaling run as the fused kernels of `channel_ops_fused` on the
+    /// Flex backend (plain or autodiff, `f32`), as [`SqueezeExcitation::tensor_forward`] does
+    /// them elsewhere.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [batch, channels, _, _] = x.dims();
-        let squeezed = x.clone().mean_dims(&[2, 3]).reshape([batch, channels]);
+        self.forward_with(ChannelOps::for_input(&x), x)
+    }
+
+    /// [`SqueezeExcitation::forward`] composed of burn tensor operations on any backend: the
+    /// reference the fused kernels are tested against.
+    pub fn tensor_forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_with(ChannelOps::Tensor, x)
+    }
+
+    fn forward_with(&self, ops: ChannelOps, x: Tensor<4>) -> Tensor<4> {
+        let squeezed = ops.statistic(x.clone(), PlaneStatistic::Mean);
         let hidden = activation::relu(self.reduce.forward(squeezed));
         let excitation = activation::sigmoid(self.expand.forward(hidden));
-        x * excitation.reshape([batch, channels, 1, 1])
+        ops.scale(x, excitation)
     }
 }
 

@@ -24,8 +24,8 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::kernels::{
-    LANES, assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
-    lane_sum, on_flex_f32, sigmoid, unwritten, writable_contiguous,
+    assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
+    lane_sum, lane_sum_pairs, on_flex_f32, sigmoid, unwritten, writable_contiguous,
 };
 
 /// The fused SimAM reweighting as a backend extension operation.
@@ -104,23 +104,6 @@ impl Backward<Flex, 1> for ReweightBackward {
             grads.register::<Flex>(node.id, grad_x);
         }
     }
-}
-
-/// `sum_i f(xs_i, ys_i)` over [`LANES`] accumulators, combined in a fixed order.
-#[inline(always)]
-fn lane_sum_pairs(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let (x_chunks, y_chunks) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
-    let (x_rest, y_rest) = (x_chunks.remainder(), y_chunks.remainder());
-    for (x_chunk, y_chunk) in x_chunks.zip(y_chunks) {
-        for ((lane, &x), &y) in lanes.iter_mut().zip(x_chunk).zip(y_chunk) {
-            *lane += f(x, y);
-        }
-    }
-    for ((lane, &x), &y) in lanes.iter_mut().zip(x_rest).zip(y_rest) {
-        *lane += f(x, y);
-    }
-    lanes.iter().sum()
 }
 
 /// A plane's mean, `k = 1 / (4 (var + lambda))` and the sum of its deviations.

@@ -10,6 +10,8 @@ use burn::module::{Module, Param};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer};
 use burn::tensor::{Device, Tensor, activation};
 
+use super::channel_ops::{ChannelOps, PlaneStatistic};
+
 /// Configuration of a [`StyleRecalibration`] unit.
 #[derive(Config, Debug)]
 pub struct StyleRecalibrationConfig {
@@ -44,28 +46,36 @@ impl StyleRecalibrationConfig {
 
 impl StyleRecalibration {
     /// Recalibrate each channel of `x` (`[B, C, H, W]`) by its style.
+    ///
+    /// The style pooling and the recalibration run as the fused kernels of `channel_ops_fused`
+    /// on the Flex backend (plain or autodiff, `f32`), as [`StyleRecalibration::tensor_forward`]
+    /// does them elsewhere.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [batch, channels, height, width] = x.dims();
-        let pixels = height * width;
-        let flat = x.clone().reshape([batch, channels, pixels]);
-        let mean = flat.clone().mean_dim(2);
+        self.forward_with(ChannelOps::for_input(&x), x)
+    }
+
+    /// [`StyleRecalibration::forward`] composed of burn tensor operations on any backend: the
+    /// reference the fused kernels are tested against.
+    pub fn tensor_forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_with(ChannelOps::Tensor, x)
+    }
+
+    fn forward_with(&self, ops: ChannelOps, x: Tensor<4>) -> Tensor<4> {
+        let [batch, channels, _, _] = x.dims();
+        let mean = ops.statistic(x.clone(), PlaneStatistic::Mean);
         // Unbiased variance as torch.var in the authors' code; a 1x1 map (no spread to
         // estimate) uses n instead of n - 1 rather than dividing by zero.
-        let denominator = pixels.saturating_sub(1).max(1) as f64;
-        let variance = (flat - mean.clone())
-            .square()
-            .sum_dim(2)
-            .div_scalar(denominator);
+        let variance = ops.statistic(x.clone(), PlaneStatistic::Variance { correction: 1 });
         let std = variance.add_scalar(self.epsilon).sqrt();
         let weights = self.style_integration.val();
         let mean_weight = weights
             .clone()
             .slice([0..channels, 0..1])
-            .reshape([1, channels, 1]);
-        let std_weight = weights.slice([0..channels, 1..2]).reshape([1, channels, 1]);
+            .reshape([1, channels]);
+        let std_weight = weights.slice([0..channels, 1..2]).reshape([1, channels]);
         let style = mean * mean_weight + std * std_weight;
         let gate = activation::sigmoid(self.norm.forward(style.reshape([batch, channels, 1, 1])));
-        x * gate
+        ops.scale(x, gate.reshape([batch, channels]))
     }
 }
 
