@@ -8,13 +8,17 @@ use serde_json::json;
 use super::device::DeviceArgs;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
-use ppcr::profile::{NetworkCase, end_to_end_bench, network_bench, unit_bench};
+use ppcr::profile::{
+    NetworkCase, ZooBench, end_to_end_bench, network_bench, unit_bench, zoo_bench,
+};
 
 /// Which benchmarks to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Suite {
     /// PPCR forward and forward+backward against a copy of its input.
     Unit,
+    /// Every unit's forward and forward+backward against a copy of its input.
+    Units,
     /// Training step and inference of ResNet + unit against the plain ResNet.
     Network,
     /// Training images/s of the default model.
@@ -38,7 +42,7 @@ pub struct BenchArgs {
     /// Untimed warm-up runs per measurement.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Units for the network suite [default: all].
+    /// Units for the units and network suites [default: all].
     #[arg(long = "attn", value_delimiter = ',')]
     attention: Option<Vec<AttentionKind>>,
     /// ResNet-18 input size for the network suite.
@@ -113,11 +117,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .collect();
         report.insert("unit".into(), json!(rows));
     }
+    let units = args
+        .attention
+        .clone()
+        .unwrap_or_else(|| AttentionKind::ALL.to_vec());
+    if wants(Suite::Units) {
+        let shapes = ppcr::profile::unit_bench_shapes();
+        let results = zoo_bench(&shapes, &units, &device, args.warmup, args.runs);
+        if !args.json {
+            print_zoo_table(&results, "forward / copy", args.runs, |r| r.forward_ratio);
+            print_zoo_table(&results, "forward+backward / copy", args.runs, |r| {
+                r.forward_backward_ratio
+            });
+        }
+        report.insert("units".into(), json!(results));
+    }
     if wants(Suite::Network) {
-        let units = args
-            .attention
-            .clone()
-            .unwrap_or_else(|| AttentionKind::ALL.to_vec());
         let cases = [
             NetworkCase {
                 backbone: Backbone::ResNet20,
@@ -175,4 +190,38 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// One row per shape, one column per unit: `ratio` of each unit at that shape.
+fn print_zoo_table(results: &[ZooBench], what: &str, runs: usize, ratio: fn(&ZooBench) -> f64) {
+    let mut kinds: Vec<AttentionKind> = Vec::new();
+    for r in results {
+        if !kinds.contains(&r.attention) {
+            kinds.push(r.attention);
+        }
+    }
+    println!(
+        "attention units vs a copy of their input: {what} (median of {runs} runs; each unit in turns with its own copy)"
+    );
+    print!("{:<22} {:>18} {:>9}", "where", "shape", "copy ms");
+    for kind in &kinds {
+        print!(" {:>7}", kind.name());
+    }
+    println!();
+    let mut rows = results.chunk_by(|a, b| a.shape.label == b.shape.label);
+    for row in &mut rows {
+        let first = &row[0];
+        let mut copies: Vec<f64> = row.iter().map(|r| r.copy.median_ms).collect();
+        print!(
+            "{:<22} {:>18} {:>9.3}",
+            first.shape.label,
+            format!("{:?}", first.shape.shape),
+            ppcr::profile::median(&mut copies)
+        );
+        for r in row {
+            print!(" {:>7.2}", ratio(r));
+        }
+        println!();
+    }
+    println!();
 }

@@ -10,8 +10,8 @@ mod timing;
 mod units;
 
 pub use benches::{
-    EndToEndBench, NetworkBench, NetworkCase, UnitBench, UnitShape, end_to_end_bench,
-    network_bench, unit_bench, unit_bench_shapes,
+    EndToEndBench, NetworkBench, NetworkCase, UnitBench, UnitShape, ZooBench, end_to_end_bench,
+    network_bench, unit_bench, unit_bench_shapes, zoo_bench,
 };
 pub use macs::{MacCount, count_macs};
 pub use memory::{MemoryCurve, MemorySample, resident_set_bytes};
