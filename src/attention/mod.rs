@@ -23,7 +23,6 @@ mod srm;
 pub(crate) mod testing;
 
 pub use cbam::{Cbam, CbamConfig};
-pub use channel_ops::PlaneStatistic;
 pub use eca::{EfficientChannelAttention, EfficientChannelAttentionConfig, eca_kernel_size};
 pub use factory::{Attention, AttentionConfig, AttentionKind, AttentionUnit, UnitSpec};
 pub use gct::{GatedChannelTransformation, GatedChannelTransformationConfig};
