@@ -189,7 +189,7 @@ fn planes_of(x: &FlexTensor) -> (usize, usize) {
     (batch * channels, height * width)
 }
 
-/// The mean of a plane and, for the variance, its deviations' squares summed about it.
+/// `statistic` of one plane (the variance centred on the plane's own mean, two passes in cache).
 #[inline(always)]
 fn plane_value(plane: &[f32], statistic: PlaneStatistic) -> f32 {
     let n = plane.len();
