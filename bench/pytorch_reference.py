@@ -16,8 +16,11 @@ What is timed, as in `ppcr bench` (src/profile/benches.rs):
             32, random data, 10 classes, with and without PPCR;
   end to end: the default `ppcr train` model's SGD step (ResNet-20 + PPCR, 28x28x1, batch 32).
 Medians over --runs timed runs after --warmup untimed ones, eager mode, --threads CPU threads.
+On a GPU (--device cuda), every timed operation ends with torch.cuda.synchronize(), as ppcr's
+ends with a device sync.
 
-Usage: python3 bench/pytorch_reference.py [--threads 2] [--runs 7] [--warmup 2] [--json]
+Usage: python3 bench/pytorch_reference.py [--threads 2] [--runs 7] [--warmup 2] [--device cpu]
+       [--json]
 Needs only `torch` (pip install torch). Not part of CI.
 """
 
@@ -122,13 +125,23 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+DEVICE = torch.device("cpu")
+
+
+def synchronize():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def time_median(warmup, runs, operation):
     for _ in range(warmup):
         operation()
+    synchronize()
     samples = []
     for _ in range(max(runs, 1)):
         started = time.perf_counter()
         operation()
+        synchronize()
         samples.append((time.perf_counter() - started) * 1e3)
     return {"median_ms": statistics.median(samples), "min_ms": min(samples),
             "max_ms": max(samples), "runs": len(samples)}
@@ -146,8 +159,8 @@ def unit_bench(warmup, runs):
     rows = []
     for label, shape in unit_shapes():
         torch.manual_seed(0)
-        x = torch.randn(shape)
-        ppcr = PPCR(shape[1], shape[2], shape[3])
+        x = torch.randn(shape, device=DEVICE)
+        ppcr = PPCR(shape[1], shape[2], shape[3]).to(DEVICE)
         with torch.no_grad():
             ppcr.weight.normal_(0.0, 0.1)
             copy = time_median(warmup, runs, lambda: x * 1.0)
@@ -164,12 +177,12 @@ def unit_bench(warmup, runs):
 
 def network_bench(kind, size, batch, channels, warmup, runs, units=("none", "ppcr")):
     torch.manual_seed(0)
-    images = torch.randn(batch, channels, size, size)
-    labels = torch.arange(batch) % 10
+    images = torch.randn(batch, channels, size, size, device=DEVICE)
+    labels = torch.arange(batch, device=DEVICE) % 10
     rows = []
     for unit in units:
         torch.manual_seed(0)
-        model = ResNet(kind, unit == "ppcr", channels, size)
+        model = ResNet(kind, unit == "ppcr", channels, size).to(DEVICE)
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 
@@ -198,10 +211,15 @@ def main():
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--resnet18-input", type=int, default=112)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    report = {"torch": torch.__version__, "threads": args.threads}
+    report = {"torch": torch.__version__, "threads": args.threads, "device": str(DEVICE)}
+    if DEVICE.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(DEVICE)
 
     report["unit"] = unit_bench(args.warmup, args.runs)
     report["network"] = (
@@ -215,7 +233,9 @@ def main():
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"PyTorch {torch.__version__}, {args.threads} threads, eager, median of {args.runs}")
+    where = report.get("gpu", f"{args.threads} threads")
+    print(f"PyTorch {torch.__version__}, {report['device']} ({where}), eager, "
+          f"median of {args.runs}")
     print(f"{'where':<22} {'shape':>18} {'copy ms':>9} {'fwd ms':>9} {'fwd/cp':>7} "
           f"{'fwd+bwd ms':>11} {'f+b/cp':>7}")
     for r in report["unit"]:
