@@ -14,6 +14,8 @@ mod factory;
 mod gct;
 mod kernels;
 mod ppcr;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod ppcr_cube;
 mod ppcr_fused;
 mod se;
 mod simam;

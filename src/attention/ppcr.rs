@@ -19,6 +19,8 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData, activation::sigmoid};
 
 use super::AttentionError;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+use super::ppcr_cube;
 use super::ppcr_fused;
 
 /// Configuration of a [`Ppcr`] unit.
@@ -121,13 +123,23 @@ impl Ppcr {
     ///
     /// On the Flex backend (plain or autodiff, `f32`, at most `ppcr_fused::MAX_LEVELS` levels)
     /// this runs the fused kernel of `ppcr_fused`: one pass over `x` for the group means, one
-    /// for the product, and a single autodiff node whose backward step is hand-written.
-    /// Elsewhere it falls back to [`Ppcr::try_tensor_forward`].
+    /// for the product, and a single autodiff node whose backward step is hand-written. On a
+    /// CubeCL backend (a build with `cuda` or `wgpu`) it runs the GPU kernels of `ppcr_cube`,
+    /// built the same way. Elsewhere it falls back to [`Ppcr::try_tensor_forward`].
     pub fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         let [_, height, width] = self.check_shape(&x)?;
         let weights = self.weights_for([height, width])?;
         if self.levels <= ppcr_fused::MAX_LEVELS && ppcr_fused::fused_available(&x, &weights) {
             return Ok(ppcr_fused::recalibrate(
+                x,
+                weights,
+                self.levels,
+                self.epsilon,
+            ));
+        }
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        if self.levels <= ppcr_cube::MAX_LEVELS && ppcr_cube::cube_available(&x, &weights) {
+            return Ok(ppcr_cube::recalibrate(
                 x,
                 weights,
                 self.levels,
