@@ -659,4 +659,30 @@ mod tests {
             assert_close(&kernel_w, &tensor_w, 1e-4, &format!("{what} dW"));
         }
     }
+
+    #[test]
+    fn a_pyramid_deeper_than_the_kernels_unroll_uses_the_tensor_formulation() {
+        let Some(device) = wgpu_cpu() else { return };
+        let levels = MAX_LEVELS + 1;
+        let channels = 1 << (levels - 1);
+        let ppcr = unit(channels, [2, 2], levels, 4, &device);
+        let x = random_tensor([1, channels, 2, 2], 7, &device);
+        assert_eq!(
+            values(ppcr.forward(x.clone())),
+            values(ppcr.try_tensor_forward(x).unwrap())
+        );
+    }
+
+    #[test]
+    fn a_strided_input_gives_the_same_output_as_its_contiguous_copy() {
+        let Some(device) = wgpu_cpu() else { return };
+        let ppcr = unit(12, [3, 4], 4, 6, &device);
+        // [B, C, W, H] swapped to [B, C, H, W]: a strided view over the same buffer.
+        let strided = random_tensor([2, 12, 4, 3], 8, &device).swap_dims(2, 3);
+        let contiguous = Tensor::<4>::from_data(strided.to_data(), &device);
+        assert_eq!(
+            values(ppcr.forward(strided)),
+            values(ppcr.forward(contiguous))
+        );
+    }
 }
