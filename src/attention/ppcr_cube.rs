@@ -359,6 +359,24 @@ mod kernels {
         inverse_std
     }
 
+    /// The pixel's attention `A = sigmoid(sum_k W_k Phat_k)` from its standardized maps.
+    #[cube]
+    fn pixel_attention(
+        weights: &Tensor<f32>,
+        normalized: &Array<f32>,
+        pixel: usize,
+        pixels: usize,
+        #[comptime] levels: usize,
+    ) -> f32 {
+        let maps = comptime!((1usize << levels) - 1);
+        let mut logit = 0.0f32;
+        #[unroll]
+        for map in 0..maps {
+            logit += weights[map * pixels + pixel] * normalized[map];
+        }
+        1.0f32 / (1.0f32 + f32::exp(-logit))
+    }
+
     /// `Y = X * sigmoid(Z)`, one thread per pixel of one sample.
     #[cube(launch_unchecked)]
     pub(super) fn forward_kernel(
@@ -391,12 +409,7 @@ mod kernels {
         }
         let mut normalized = Array::<f32>::new(maps);
         normalized_context(&finest_sums, &mut normalized, channels, epsilon, levels);
-        let mut logit = 0.0f32;
-        #[unroll]
-        for map in 0..maps {
-            logit += weights[map * pixels + pixel] * normalized[map];
-        }
-        let attention = 1.0f32 / (1.0f32 + f32::exp(-logit));
+        let attention = pixel_attention(weights, &normalized, pixel, pixels, levels);
         for channel in 0..channels {
             let at = base + channel * pixels;
             output[at] = x[at] * attention;
@@ -448,12 +461,7 @@ mod kernels {
         let mut normalized = Array::<f32>::new(maps);
         let inverse_std =
             normalized_context(&finest_sums, &mut normalized, channels, epsilon, levels);
-        let mut logit = 0.0f32;
-        #[unroll]
-        for map in 0..maps {
-            logit += weights[map * pixels + pixel] * normalized[map];
-        }
-        let attention = 1.0f32 / (1.0f32 + f32::exp(-logit));
+        let attention = pixel_attention(weights, &normalized, pixel, pixels, levels);
         let grad_logit = gate_product * attention * (1.0f32 - attention);
 
         let weights_base = sample * maps * pixels + pixel;
@@ -510,9 +518,11 @@ mod kernels {
 #[cfg(all(test, feature = "wgpu"))]
 mod tests {
     use super::*;
-    use crate::attention::testing::random_tensor;
-    use crate::attention::{Ppcr, PpcrConfig, pyramid_maps};
-    use burn::module::Param;
+    use crate::attention::PpcrConfig;
+    use crate::attention::testing::{
+        assert_matches_reference, ppcr_gradients as gradients, ppcr_with_random_weights as unit,
+        random_tensor, values,
+    };
     use burn::tensor::{Device, DeviceKind};
 
     /// `(batch, channels, [height, width], levels)`: uneven channel splits (12, 20, 13),
@@ -547,37 +557,6 @@ mod tests {
         }
     }
 
-    fn unit(channels: usize, size: [usize; 2], levels: usize, seed: u64, device: &Device) -> Ppcr {
-        let mut ppcr = PpcrConfig::new(channels, size)
-            .with_levels(levels)
-            .init(device)
-            .unwrap();
-        let maps = pyramid_maps(levels);
-        let weights = random_tensor([1, maps, size[0], size[1]], seed, device)
-            .reshape([maps, size[0], size[1]])
-            .mul_scalar(2.0);
-        ppcr.pixel_context_weights = Param::from_tensor(if device.is_autodiff() {
-            weights.require_grad()
-        } else {
-            weights
-        });
-        ppcr
-    }
-
-    fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-        tensor.into_data().try_to_vec::<f32>().unwrap()
-    }
-
-    fn assert_close(actual: &[f32], expected: &[f32], tolerance: f32, what: &str) {
-        assert_eq!(actual.len(), expected.len(), "{what}: lengths");
-        for (index, (a, e)) in actual.iter().zip(expected).enumerate() {
-            assert!(
-                (a - e).abs() <= tolerance * e.abs().max(1.0),
-                "{what}[{index}]: kernel {a} vs reference {e}"
-            );
-        }
-    }
-
     #[test]
     fn the_kernel_path_is_taken_on_wgpu_with_and_without_autodiff() {
         let Some(device) = wgpu_cpu() else { return };
@@ -602,7 +581,7 @@ mod tests {
             let kernel = values(ppcr.forward(x.clone()));
             let literal = values(x.clone() * ppcr.reference_attention_map(x).unwrap());
             let what = format!("B={batch} C={channels} {size:?} L={levels} y");
-            assert_close(&kernel, &literal, 1e-5, &what);
+            assert_matches_reference(&kernel, &literal, 1e-5, &what);
         }
     }
 
@@ -619,29 +598,6 @@ mod tests {
         }
     }
 
-    /// Autodiff gradients of `sum(forward(x) * probe)` with respect to `x` and the weights.
-    fn gradients(
-        ppcr: &Ppcr,
-        x: &Tensor<4>,
-        probe: &Tensor<4>,
-        kernel: bool,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let x = x.clone().require_grad();
-        let y = if kernel {
-            ppcr.forward(x.clone())
-        } else {
-            ppcr.try_tensor_forward(x.clone()).unwrap()
-        };
-        let grads = (y * probe.clone()).sum().backward();
-        let grad_x = x.grad(&grads).expect("input gradient");
-        let grad_w = ppcr
-            .pixel_context_weights
-            .val()
-            .grad(&grads)
-            .expect("weight gradient");
-        (values(grad_x), values(grad_w))
-    }
-
     #[test]
     fn kernel_gradients_equal_those_of_the_tensor_formulation() {
         let Some(device) = wgpu_cpu() else { return };
@@ -655,8 +611,8 @@ mod tests {
             let (kernel_x, kernel_w) = gradients(&ppcr, &x, &probe, true);
             let (tensor_x, tensor_w) = gradients(&ppcr, &x, &probe, false);
             let what = format!("B={batch} C={channels} {size:?} L={levels}");
-            assert_close(&kernel_x, &tensor_x, 1e-4, &format!("{what} dx"));
-            assert_close(&kernel_w, &tensor_w, 1e-4, &format!("{what} dW"));
+            assert_matches_reference(&kernel_x, &tensor_x, 1e-4, &format!("{what} dx"));
+            assert_matches_reference(&kernel_w, &tensor_w, 1e-4, &format!("{what} dW"));
         }
     }
 

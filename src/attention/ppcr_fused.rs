@@ -864,10 +864,11 @@ fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::testing::{assert_gradients_match, device, random_tensor};
-    use crate::attention::{Ppcr, PpcrConfig};
-    use burn::module::Param;
-    use burn::tensor::Device;
+    use crate::attention::PpcrConfig;
+    use crate::attention::testing::{
+        assert_gradients_match, device, ppcr_gradients as gradients,
+        ppcr_with_random_weights as unit, random_tensor, values,
+    };
 
     /// `(batch, channels, [height, width], levels)`: uneven channel splits (12, 20, 13),
     /// non-square maps, batch 1 and 3, three and four levels.
@@ -879,27 +880,6 @@ mod tests {
         (2, 64, [6, 4], 4),
         (3, 8, [1, 9], 4),
     ];
-
-    fn unit(channels: usize, size: [usize; 2], levels: usize, seed: u64, device: &Device) -> Ppcr {
-        let mut ppcr = PpcrConfig::new(channels, size)
-            .with_levels(levels)
-            .init(device)
-            .unwrap();
-        let maps = pyramid_maps(levels);
-        let weights = random_tensor([1, maps, size[0], size[1]], seed, device)
-            .reshape([maps, size[0], size[1]])
-            .mul_scalar(2.0);
-        ppcr.pixel_context_weights = Param::from_tensor(if device.is_autodiff() {
-            weights.require_grad()
-        } else {
-            weights
-        });
-        ppcr
-    }
-
-    fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-        tensor.into_data().try_to_vec::<f32>().unwrap()
-    }
 
     #[test]
     fn the_fused_path_is_taken_on_flex_with_and_without_autodiff() {
@@ -940,29 +920,6 @@ mod tests {
             let x = random_tensor([batch, channels, size[0], size[1]], 5, &device);
             assert_eq!(values(ppcr.forward(x.clone())), values(x.mul_scalar(0.5)));
         }
-    }
-
-    /// Autodiff gradients of `sum(forward(x) * probe)` with respect to `x` and the weights.
-    fn gradients(
-        ppcr: &Ppcr,
-        x: &Tensor<4>,
-        probe: &Tensor<4>,
-        fused: bool,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let x = x.clone().require_grad();
-        let y = if fused {
-            ppcr.forward(x.clone())
-        } else {
-            ppcr.try_tensor_forward(x.clone()).unwrap()
-        };
-        let grads = (y * probe.clone()).sum().backward();
-        let grad_x = x.grad(&grads).expect("input gradient");
-        let grad_w = ppcr
-            .pixel_context_weights
-            .val()
-            .grad(&grads)
-            .expect("weight gradient");
-        (values(grad_x), values(grad_w))
     }
 
     #[test]

@@ -4,6 +4,8 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
+use super::{Ppcr, PpcrConfig, pyramid_maps};
+
 /// The CPU device the tests run on.
 pub fn device() -> Device {
     Device::flex()
@@ -195,6 +197,60 @@ where
             assert_close(&what, index, param.gradient[index] as f64, numeric);
         }
     }
+}
+
+/// A tensor's values, flattened.
+pub fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// A PPCR unit whose pixel-context weights are seeded values in `[-2, 2)` (zero weights would
+/// hide most of the kernels' arithmetic), tracked for gradients on an autodiff device.
+pub fn ppcr_with_random_weights(
+    channels: usize,
+    size: [usize; 2],
+    levels: usize,
+    seed: u64,
+    device: &Device,
+) -> Ppcr {
+    let mut ppcr = PpcrConfig::new(channels, size)
+        .with_levels(levels)
+        .init(device)
+        .unwrap();
+    let maps = pyramid_maps(levels);
+    let weights = random_tensor([1, maps, size[0], size[1]], seed, device)
+        .reshape([maps, size[0], size[1]])
+        .mul_scalar(2.0);
+    ppcr.pixel_context_weights = Param::from_tensor(if device.is_autodiff() {
+        weights.require_grad()
+    } else {
+        weights
+    });
+    ppcr
+}
+
+/// Autodiff gradients of `sum(forward(x) * probe)` with respect to `x` and PPCR's weights,
+/// through the unit's kernel path (`kernel`) or its tensor formulation.
+pub fn ppcr_gradients(
+    ppcr: &Ppcr,
+    x: &Tensor<4>,
+    probe: &Tensor<4>,
+    kernel: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let x = x.clone().require_grad();
+    let y = if kernel {
+        ppcr.forward(x.clone())
+    } else {
+        ppcr.try_tensor_forward(x.clone()).unwrap()
+    };
+    let grads = (y * probe.clone()).sum().backward();
+    let grad_x = x.grad(&grads).expect("input gradient");
+    let grad_w = ppcr
+        .pixel_context_weights
+        .val()
+        .grad(&grads)
+        .expect("weight gradient");
+    (values(grad_x), values(grad_w))
 }
 
 /// Assert that a fused kernel's `fused` values equal the tensor formulation's `reference`
