@@ -34,7 +34,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
-use cubecl::prelude::CubeDim;
+use cubecl::prelude::{CubeCount, CubeDim};
 
 use kernels::{backward_kernel, forward_kernel};
 
@@ -108,16 +108,27 @@ struct Dims {
     batch: usize,
     channels: usize,
     pixels: usize,
+    /// One kernel thread per pixel of each sample: `B * H * W`.
+    threads: usize,
 }
 
 impl Dims {
     fn of(x: &CubeTensor) -> Self {
         let shape = x.meta.shape();
+        let (batch, pixels) = (shape[0], shape[2] * shape[3]);
         Self {
-            batch: shape[0],
+            batch,
             channels: shape[1],
-            pixels: shape[2] * shape[3],
+            pixels,
+            threads: batch * pixels,
         }
+    }
+
+    /// The launch grid covering [`Dims::threads`] on `x`'s device.
+    fn grid(&self, x: &CubeTensor) -> (CubeCount, CubeDim) {
+        let cube_dim = CubeDim::new(&x.client, self.threads);
+        let cube_count = calculate_cube_count_elemwise(&x.client, self.threads, cube_dim);
+        (cube_count, cube_dim)
     }
 }
 
@@ -137,9 +148,7 @@ impl PpcrCubeOps for CubeBackend {
             x.meta.shape().clone(),
             x.dtype,
         );
-        let threads = dims.batch * dims.pixels;
-        let cube_dim = CubeDim::new(&x.client, threads);
-        let cube_count = calculate_cube_count_elemwise(&x.client, threads, cube_dim);
+        let (cube_count, cube_dim) = dims.grid(&x);
         // SAFETY: every index the kernel reads or writes is below `B * C * H * W` (or
         // `K * H * W` for the weights) for contiguous tensors of the checked shapes, and
         // threads past `B * H * W` return first.
@@ -153,7 +162,7 @@ impl PpcrCubeOps for CubeBackend {
                 output.clone().into_tensor_arg(),
                 dims.channels,
                 dims.pixels,
-                threads,
+                dims.threads,
                 epsilon as f32,
                 levels,
             );
@@ -186,9 +195,7 @@ impl PpcrCubeOps for CubeBackend {
             Shape::new([dims.batch, maps * dims.pixels]),
             x.dtype,
         );
-        let threads = dims.batch * dims.pixels;
-        let cube_dim = CubeDim::new(&x.client, threads);
-        let cube_count = calculate_cube_count_elemwise(&x.client, threads, cube_dim);
+        let (cube_count, cube_dim) = dims.grid(&x);
         // SAFETY: as in the forward launch; the per-sample weight gradient is `[B, K * H * W]`.
         unsafe {
             backward_kernel::launch_unchecked(
@@ -202,7 +209,7 @@ impl PpcrCubeOps for CubeBackend {
                 sample_grad_weights.clone().into_tensor_arg(),
                 dims.channels,
                 dims.pixels,
-                threads,
+                dims.threads,
                 epsilon as f32,
                 levels,
             );
