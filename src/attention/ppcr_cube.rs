@@ -1,16 +1,24 @@
-//! The PPCR unit's forward and backward pass as two CubeCL kernels, for burn's GPU backends.
+//! The PPCR unit's forward and backward pass as CubeCL kernels, for burn's GPU backends.
 //!
 //! Zhang et al., "PPCR: Learning Pyramid Pixel Context Recalibration Module for Medical Image
 //! Classification" (arXiv 2303.01917); the unit is defined in `ppcr.rs`. On a GPU the tensor
 //! formulation is a dozen small kernel launches per call, each a pass over a feature-map-sized
 //! tensor: PyTorch's version of it made a ResNet-20 training step 2.78x as long on an H100
-//! (docs/performance.md). Here one GPU thread owns one pixel of one sample. It reads the pixel's
-//! `C` channel values once for the finest pyramid groups' sums, builds the coarser groups from
-//! them, normalizes the `K` maps and integrates them in registers, and reads the channels again
-//! to write `X * sigmoid(Z)`. Neighbouring threads own neighbouring pixels, so every read of a
-//! channel plane is coalesced. The backward kernel does the same with `X` and `dY`, and writes
-//! `dX` and each sample's share of the weights' gradient, which one reduction over the batch
-//! sums.
+//! (docs/performance.md). Here a forward is one launch and a backward two (the kernel, then
+//! one reduction over the batch of each sample's share of the weights' gradient). Every
+//! thread sums channels into the finest pyramid groups' sums; the pixel's coarser groups,
+//! normalization, integration and sigmoid are computed in registers, with the depth a
+//! compile-time parameter and every loop over maps unrolled; then `X * sigmoid(Z)` is written.
+//! The backward reads `X` and `dY` once for the sums and `sum_c dY_c X_c`, then writes `dX`.
+//! Neighbouring threads own neighbouring pixels, so every read of a channel plane is coalesced.
+//!
+//! Two layouts spread this over threads ([`Layout`]): one thread per pixel, reading all of the
+//! pixel's channels; or one thread per pixel and finest group, `2^(L-1)` times as many,
+//! sharing the group sums through shared memory. The first does the least work; the second
+//! gives a GPU more threads to hide memory latency where maps are small and wide (ResNet-18's
+//! last stage at batch 32 has 1,568 pixels of 512 channels). Which wins depends on the device
+//! and the shape, so CubeCL's autotune times both on the first call of each shape class and
+//! keeps the faster, as burn does for its own matrix multiplications and reductions.
 //!
 //! It plugs into burn through the backend-extension API, like `ppcr_fused` for the CPU:
 //! [`PpcrCubeOps`] is implemented for burn's `CubeBackend` (every CubeCL runtime: CUDA, ROCm,
@@ -33,10 +41,10 @@ use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::{CubeCount, CubeDim};
-
-use kernels::{backward_kernel, forward_kernel};
+use cubecl::tune::{LocalTuner, Tunable, TunableSet, local_tuner};
+use cubecl::{AutotuneKey, CubeTuneId, calculate_cube_count_elemwise};
+use serde::{Deserialize, Serialize};
 
 /// The deepest pyramid the kernels unroll: `2^(L-1)` finest group sums and `2^L - 1` maps are
 /// held per thread. Deeper pyramids take the unit's tensor formulation.
@@ -103,13 +111,44 @@ pub fn recalibrate(x: Tensor<4>, weights: Tensor<3>, levels: usize, epsilon: f64
     Tensor::from_dispatch(output)
 }
 
+/// How a launch spreads the feature map over GPU threads. Which is faster depends on the shape
+/// and the device, so CubeCL's autotune times both on the first call of each shape class and
+/// keeps the faster (see [`Layout::ALL`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// One thread per pixel of each sample, reading all of the pixel's channels: the least
+    /// arithmetic, but only `B * H * W` threads, each with `2C` reads in a row.
+    Pixel,
+    /// One thread per pixel and finest group in cubes of 256, which share the group sums
+    /// through shared memory: `2^(L-1)` times the threads, each reading its group's channels.
+    Group,
+}
+
+impl Layout {
+    /// Every layout with the name autotune records it under (spelled out, so that renaming a
+    /// variant does not silently invalidate a stored result).
+    const ALL: [(&str, Layout); 2] = [("pixel", Layout::Pixel), ("group", Layout::Group)];
+}
+
+/// The shape class autotune decides a layout for: rounded to powers of two, as burn's own
+/// kernels' keys are.
+#[derive(Hash, Eq, PartialEq, Debug, Clone, Serialize, Deserialize, AutotuneKey)]
+struct LayoutKey {
+    backward: bool,
+    #[autotune(anchor)]
+    batch_pixels: usize,
+    #[autotune(anchor)]
+    channels: usize,
+    levels: usize,
+}
+
 /// The sizes a launch needs, read from `x` (`[B, C, H, W]`).
 struct Dims {
     batch: usize,
     channels: usize,
     pixels: usize,
-    /// One kernel thread per pixel of each sample: `B * H * W`.
-    threads: usize,
+    /// Pixels over the whole batch, `B * H * W`.
+    batch_pixels: usize,
 }
 
 impl Dims {
@@ -120,16 +159,158 @@ impl Dims {
             batch,
             channels: shape[1],
             pixels,
-            threads: batch * pixels,
+            batch_pixels: batch * pixels,
         }
     }
 
-    /// The launch grid covering [`Dims::threads`] on `x`'s device.
-    fn grid(&self, x: &CubeTensor) -> (CubeCount, CubeDim) {
-        let cube_dim = CubeDim::new(&x.client, self.threads);
-        let cube_count = calculate_cube_count_elemwise(&x.client, self.threads, cube_dim);
+    fn key(&self, backward: bool, levels: usize) -> LayoutKey {
+        LayoutKey::new(backward, self.batch_pixels, self.channels, levels)
+    }
+
+    /// The launch grid of `layout`: for [`Layout::Pixel`] one thread per pixel; for
+    /// [`Layout::Group`] cubes of [`kernels::tile_pixels`] pixels times the `2^(levels-1)`
+    /// finest groups.
+    fn grid(&self, x: &CubeTensor, layout: Layout, levels: usize) -> (CubeCount, CubeDim) {
+        let (threads, cube_dim) = match layout {
+            Layout::Pixel => (
+                self.batch_pixels,
+                CubeDim::new(&x.client, self.batch_pixels),
+            ),
+            Layout::Group => {
+                let finest = 1usize << (levels - 1);
+                let tile = kernels::tile_pixels(finest);
+                (
+                    self.batch_pixels * finest,
+                    CubeDim::new_2d(tile as u32, finest as u32),
+                )
+            }
+        };
+        let cube_count = calculate_cube_count_elemwise(&x.client, threads, cube_dim);
         (cube_count, cube_dim)
     }
+}
+
+/// `Y` for contiguous `x` and `weights`, with the layout given.
+fn forward_with(
+    x: CubeTensor,
+    weights: CubeTensor,
+    levels: usize,
+    epsilon: f32,
+    layout: Layout,
+) -> CubeTensor {
+    let dims = Dims::of(&x);
+    let output = empty_device_contiguous_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        x.meta.shape().clone(),
+        x.dtype,
+    );
+    let (cube_count, cube_dim) = dims.grid(&x, layout, levels);
+    let args = (
+        x.clone().into_tensor_arg(),
+        weights.into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+    );
+    // SAFETY: every index a kernel reads or writes is below `B * C * H * W` (or `K * H * W` for
+    // the weights) for contiguous tensors of the checked shapes, and threads past `B * H * W`
+    // neither read nor write.
+    unsafe {
+        match layout {
+            Layout::Pixel => kernels::forward_pixel_kernel::launch_unchecked(
+                &x.client,
+                cube_count,
+                cube_dim,
+                args.0,
+                args.1,
+                args.2,
+                dims.channels,
+                dims.pixels,
+                dims.batch_pixels,
+                epsilon,
+                levels,
+            ),
+            Layout::Group => kernels::forward_group_kernel::launch_unchecked(
+                &x.client,
+                cube_count,
+                cube_dim,
+                args.0,
+                args.1,
+                args.2,
+                dims.channels,
+                dims.pixels,
+                dims.batch_pixels,
+                epsilon,
+                levels,
+            ),
+        }
+    }
+    output
+}
+
+/// `dX` for contiguous inputs, with the layout given; each sample's row of the weights'
+/// gradient goes to `sample_grad_weights` (`[B, K * H * W]`).
+fn backward_with(
+    (x, weights, grad_output, sample_grad_weights): (
+        CubeTensor,
+        CubeTensor,
+        CubeTensor,
+        CubeTensor,
+    ),
+    levels: usize,
+    epsilon: f32,
+    layout: Layout,
+) -> CubeTensor {
+    let dims = Dims::of(&x);
+    let grad_x = empty_device_contiguous_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        x.meta.shape().clone(),
+        x.dtype,
+    );
+    let (cube_count, cube_dim) = dims.grid(&x, layout, levels);
+    let args = (
+        x.clone().into_tensor_arg(),
+        weights.into_tensor_arg(),
+        grad_output.into_tensor_arg(),
+        grad_x.clone().into_tensor_arg(),
+        sample_grad_weights.into_tensor_arg(),
+    );
+    // SAFETY: as in `forward_with`; the per-sample weight gradient is `[B, K * H * W]`.
+    unsafe {
+        match layout {
+            Layout::Pixel => kernels::backward_pixel_kernel::launch_unchecked(
+                &x.client,
+                cube_count,
+                cube_dim,
+                args.0,
+                args.1,
+                args.2,
+                args.3,
+                args.4,
+                dims.channels,
+                dims.pixels,
+                dims.batch_pixels,
+                epsilon,
+                levels,
+            ),
+            Layout::Group => kernels::backward_group_kernel::launch_unchecked(
+                &x.client,
+                cube_count,
+                cube_dim,
+                args.0,
+                args.1,
+                args.2,
+                args.3,
+                args.4,
+                dims.channels,
+                dims.pixels,
+                dims.batch_pixels,
+                epsilon,
+                levels,
+            ),
+        }
+    }
+    grad_x
 }
 
 impl PpcrCubeOps for CubeBackend {
@@ -141,33 +322,29 @@ impl PpcrCubeOps for CubeBackend {
     ) -> CubeTensor {
         let x = into_contiguous(x);
         let weights = into_contiguous(weights);
-        let dims = Dims::of(&x);
-        let output = empty_device_contiguous_dtype(
-            x.client.clone(),
-            x.device.clone(),
-            x.meta.shape().clone(),
-            x.dtype,
-        );
-        let (cube_count, cube_dim) = dims.grid(&x);
-        // SAFETY: every index the kernel reads or writes is below `B * C * H * W` (or
-        // `K * H * W` for the weights) for contiguous tensors of the checked shapes, and
-        // threads past `B * H * W` return first.
-        unsafe {
-            forward_kernel::launch_unchecked(
-                &x.client,
-                cube_count,
-                cube_dim,
-                x.clone().into_tensor_arg(),
-                weights.into_tensor_arg(),
-                output.clone().into_tensor_arg(),
-                dims.channels,
-                dims.pixels,
-                dims.threads,
-                epsilon as f32,
-                levels,
-            );
-        }
-        output
+        let client = x.client.clone();
+        let tune_id = CubeTuneId::new(&client, &x.device);
+        static TUNER: LocalTuner<LayoutKey, CubeTuneId> = local_tuner!("forward");
+        type Inputs = (CubeTensor, CubeTensor, usize, f32);
+        let tunables = TUNER.init(&tune_id, || {
+            let key = |(x, _, levels, _): &Inputs| Dims::of(x).key(false, *levels);
+            let mut set = TunableSet::<LayoutKey, Inputs, CubeTensor>::new_cloning_inputs(key);
+            for (name, layout) in Layout::ALL {
+                set = set.with(Tunable::new(
+                    name,
+                    move |(x, weights, levels, epsilon): Inputs| {
+                        Ok::<_, String>(forward_with(x, weights, levels, epsilon, layout))
+                    },
+                ));
+            }
+            set
+        });
+        TUNER.execute(
+            &tune_id,
+            &client,
+            tunables,
+            (x, weights, levels, epsilon as f32),
+        )
     }
 
     fn ppcr_cube_recalibrate_backward(
@@ -182,38 +359,40 @@ impl PpcrCubeOps for CubeBackend {
         let grad_output = into_contiguous(grad_output);
         let dims = Dims::of(&x);
         let weights_shape = weights.meta.shape().clone();
-        let maps = weights_shape[0];
-        let grad_x = empty_device_contiguous_dtype(
-            x.client.clone(),
-            x.device.clone(),
-            x.meta.shape().clone(),
-            x.dtype,
-        );
         let sample_grad_weights = empty_device_contiguous_dtype(
             x.client.clone(),
             x.device.clone(),
-            Shape::new([dims.batch, maps * dims.pixels]),
+            Shape::new([dims.batch, weights_shape[0] * dims.pixels]),
             x.dtype,
         );
-        let (cube_count, cube_dim) = dims.grid(&x);
-        // SAFETY: as in the forward launch; the per-sample weight gradient is `[B, K * H * W]`.
-        unsafe {
-            backward_kernel::launch_unchecked(
-                &x.client,
-                cube_count,
-                cube_dim,
-                x.clone().into_tensor_arg(),
-                weights.into_tensor_arg(),
-                grad_output.into_tensor_arg(),
-                grad_x.clone().into_tensor_arg(),
-                sample_grad_weights.clone().into_tensor_arg(),
-                dims.channels,
-                dims.pixels,
-                dims.threads,
-                epsilon as f32,
+        let client = x.client.clone();
+        let tune_id = CubeTuneId::new(&client, &x.device);
+        // Every layout writes all of `sample_grad_weights`, so the timed runs may share it.
+        type Inputs = ((CubeTensor, CubeTensor, CubeTensor, CubeTensor), usize, f32);
+        static TUNER: LocalTuner<LayoutKey, CubeTuneId> = local_tuner!("backward");
+        let tunables = TUNER.init(&tune_id, || {
+            let key = |((x, ..), levels, _): &Inputs| Dims::of(x).key(true, *levels);
+            let mut set = TunableSet::<LayoutKey, Inputs, CubeTensor>::new_cloning_inputs(key);
+            for (name, layout) in Layout::ALL {
+                set = set.with(Tunable::new(
+                    name,
+                    move |(tensors, levels, epsilon): Inputs| {
+                        Ok::<_, String>(backward_with(tensors, levels, epsilon, layout))
+                    },
+                ));
+            }
+            set
+        });
+        let grad_x = TUNER.execute(
+            &tune_id,
+            &client,
+            tunables,
+            (
+                (x, weights, grad_output, sample_grad_weights.clone()),
                 levels,
-            );
-        }
+                epsilon as f32,
+            ),
+        );
         let grad_weights = CubeBackend::float_reshape(
             CubeBackend::float_sum_dim(sample_grad_weights, 0),
             weights_shape,
@@ -384,19 +563,90 @@ mod kernels {
         1.0f32 / (1.0f32 + f32::exp(-logit))
     }
 
-    /// `Y = X * sigmoid(Z)`, one thread per pixel of one sample.
+    /// The pixel's attention and gradients from its finest group sums and `sum_c dY_c X_c`:
+    /// writes the pixel's row of the sample's weight gradient (at `weights_base`, stride
+    /// `pixels`) and each finest group's share of `dP` (to `group_shares`), and returns the
+    /// attention.
+    ///
+    /// With `A = sigmoid(Z)`: `dZ = A (1 - A) sum_c dY_c X_c`; `dW_k = dZ * Phat_k`; through the
+    /// standardization `dP = s (dPhat - mean(dPhat) - Phat mean(dPhat Phat))` with `dPhat = dZ W`
+    /// and `s` the inverse standard deviation; a finest group's share is the sum, over the
+    /// levels, of the enclosing group's `dP` divided by that group's size, and every channel's
+    /// `dX` is `dY_c A` plus its group's share.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn pixel_gradients(
+        finest_sums: &Array<f32>,
+        gate_product: f32,
+        weights: &Tensor<f32>,
+        sample_grad_weights: &mut Tensor<f32>,
+        group_shares: &mut Array<f32>,
+        weights_base: usize,
+        pixel: usize,
+        pixels: usize,
+        channels: usize,
+        epsilon: f32,
+        #[comptime] levels: usize,
+    ) -> f32 {
+        let finest = comptime!(1usize << (levels - 1));
+        let maps = comptime!((1usize << levels) - 1);
+        let mut normalized = Array::<f32>::new(maps);
+        let inverse_std =
+            normalized_context(finest_sums, &mut normalized, channels, epsilon, levels);
+        let attention = pixel_attention(weights, &normalized, pixel, pixels, levels);
+        let grad_logit = gate_product * attention * (1.0f32 - attention);
+
+        let mut grad_normalized = Array::<f32>::new(maps);
+        let mut mean_grad = 0.0f32;
+        let mut mean_grad_normalized = 0.0f32;
+        #[unroll]
+        for map in 0..maps {
+            sample_grad_weights[weights_base + map * pixels] = grad_logit * normalized[map];
+            let grad = grad_logit * weights[map * pixels + pixel];
+            grad_normalized[map] = grad;
+            mean_grad += grad;
+            mean_grad_normalized += grad * normalized[map];
+        }
+        mean_grad /= f32::cast_from(maps);
+        mean_grad_normalized /= f32::cast_from(maps);
+
+        #[unroll]
+        for group in 0..finest {
+            group_shares[group] = 0.0f32;
+        }
+        #[unroll]
+        for level in 0..levels {
+            let groups = comptime!(1usize << level);
+            let span = comptime!(finest / groups);
+            #[unroll]
+            for group in 0..groups {
+                let map = comptime!(groups - 1 + group);
+                let grad_map = inverse_std
+                    * (grad_normalized[map] - mean_grad - normalized[map] * mean_grad_normalized);
+                let count = channels * (group + 1) / groups - channels * group / groups;
+                let share = grad_map / f32::cast_from(count);
+                #[unroll]
+                for part in 0..span {
+                    group_shares[comptime!(group * span + part)] += share;
+                }
+            }
+        }
+        attention
+    }
+
+    /// `Y = X * sigmoid(Z)` in [`super::Layout::Pixel`]: one thread per pixel of one sample.
     #[cube(launch_unchecked)]
-    pub(super) fn forward_kernel(
+    pub(super) fn forward_pixel_kernel(
         x: &Tensor<f32>,
         weights: &Tensor<f32>,
         output: &mut Tensor<f32>,
         channels: usize,
         pixels: usize,
-        threads: usize,
+        batch_pixels: usize,
         epsilon: f32,
         #[comptime] levels: usize,
     ) {
-        if ABSOLUTE_POS >= threads {
+        if ABSOLUTE_POS >= batch_pixels {
             terminate!();
         }
         let finest = comptime!(1usize << (levels - 1));
@@ -423,15 +673,10 @@ mod kernels {
         }
     }
 
-    /// `dX` and each sample's `dW`, one thread per pixel of one sample.
-    ///
-    /// With `A = sigmoid(Z)`: `dZ = A (1 - A) sum_c dY_c X_c`; `dW_k = dZ * Phat_k`; through the
-    /// standardization `dP = s (dPhat - mean(dPhat) - Phat mean(dPhat Phat))` with `dPhat = dZ W`
-    /// and `s` the inverse standard deviation; and every channel gets `dY_c A` plus the sum, over
-    /// the levels, of its group's `dP` divided by the group's size.
+    /// `dX` and each sample's `dW` in [`super::Layout::Pixel`] (see [`pixel_gradients`]).
     #[cube(launch_unchecked)]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn backward_kernel(
+    pub(super) fn backward_pixel_kernel(
         x: &Tensor<f32>,
         weights: &Tensor<f32>,
         grad_output: &Tensor<f32>,
@@ -439,11 +684,11 @@ mod kernels {
         sample_grad_weights: &mut Tensor<f32>,
         channels: usize,
         pixels: usize,
-        threads: usize,
+        batch_pixels: usize,
         epsilon: f32,
         #[comptime] levels: usize,
     ) {
-        if ABSOLUTE_POS >= threads {
+        if ABSOLUTE_POS >= batch_pixels {
             terminate!();
         }
         let finest = comptime!(1usize << (levels - 1));
@@ -465,55 +710,211 @@ mod kernels {
             }
             finest_sums[group] = sum;
         }
-        let mut normalized = Array::<f32>::new(maps);
-        let inverse_std =
-            normalized_context(&finest_sums, &mut normalized, channels, epsilon, levels);
-        let attention = pixel_attention(weights, &normalized, pixel, pixels, levels);
-        let grad_logit = gate_product * attention * (1.0f32 - attention);
-
-        let weights_base = sample * maps * pixels + pixel;
-        let mut grad_normalized = Array::<f32>::new(maps);
-        let mut mean_grad = 0.0f32;
-        let mut mean_grad_normalized = 0.0f32;
-        #[unroll]
-        for map in 0..maps {
-            sample_grad_weights[weights_base + map * pixels] = grad_logit * normalized[map];
-            let grad = grad_logit * weights[map * pixels + pixel];
-            grad_normalized[map] = grad;
-            mean_grad += grad;
-            mean_grad_normalized += grad * normalized[map];
-        }
-        mean_grad /= f32::cast_from(maps);
-        mean_grad_normalized /= f32::cast_from(maps);
-
-        // Each finest group's share: the sum over the levels of the enclosing group's dP / size.
-        let mut group_share = Array::<f32>::new(finest);
+        let mut group_shares = Array::<f32>::new(finest);
+        let attention = pixel_gradients(
+            &finest_sums,
+            gate_product,
+            weights,
+            sample_grad_weights,
+            &mut group_shares,
+            sample * maps * pixels + pixel,
+            pixel,
+            pixels,
+            channels,
+            epsilon,
+            levels,
+        );
         #[unroll]
         for group in 0..finest {
-            group_share[group] = 0.0f32;
-        }
-        #[unroll]
-        for level in 0..levels {
-            let groups = comptime!(1usize << level);
-            let span = comptime!(finest / groups);
-            #[unroll]
-            for group in 0..groups {
-                let map = comptime!(groups - 1 + group);
-                let grad_map = inverse_std
-                    * (grad_normalized[map] - mean_grad - normalized[map] * mean_grad_normalized);
-                let count = channels * (group + 1) / groups - channels * group / groups;
-                let share = grad_map / f32::cast_from(count);
-                #[unroll]
-                for part in 0..span {
-                    group_share[comptime!(group * span + part)] += share;
-                }
-            }
-        }
-        #[unroll]
-        for group in 0..finest {
-            let share = group_share[group];
+            let share = group_shares[group];
             for channel in channels * group / finest..channels * (group + 1) / finest {
                 let at = base + channel * pixels;
+                grad_x[at] = grad_output[at] * attention + share;
+            }
+        }
+    }
+
+    /// Pixels per cube of [`super::Layout::Group`] for a pyramid of `finest` finest groups: the
+    /// cube is `pixels x groups`, 256 threads, the most every CubeCL runtime allows by default
+    /// (wgpu's limit).
+    pub(super) const fn tile_pixels(finest: usize) -> usize {
+        256 / finest
+    }
+
+    /// Where a thread of [`super::Layout::Group`] works: its sample and pixel, whether they
+    /// exist (the last cube may run past `B * H * W`), the offset of its channel 0 in `x`, its
+    /// finest group's channels, and its slot in the cube's shared `[groups, tile]` rows.
+    #[derive(CubeType)]
+    struct Place {
+        sample: usize,
+        pixel: usize,
+        active: bool,
+        base: usize,
+        first_channel: usize,
+        end_channel: usize,
+        slot: usize,
+    }
+
+    #[cube]
+    fn place(
+        channels: usize,
+        pixels: usize,
+        batch_pixels: usize,
+        #[comptime] levels: usize,
+    ) -> Place {
+        let finest = comptime!(1usize << (levels - 1));
+        let tile = comptime!(tile_pixels(finest));
+        let local = UNIT_POS_X as usize;
+        let group = UNIT_POS_Y as usize;
+        let global = CUBE_POS * tile + local;
+        let sample = global / pixels;
+        let pixel = global % pixels;
+        Place {
+            sample,
+            pixel,
+            active: global < batch_pixels,
+            base: sample * channels * pixels + pixel,
+            first_channel: channels * group / finest,
+            end_channel: channels * (group + 1) / finest,
+            slot: group * tile + local,
+        }
+    }
+
+    /// The thread's pixel's value of every finest group, gathered from the cube's shared rows.
+    #[cube]
+    fn gather(shared: &Shared<[f32]>, #[comptime] levels: usize) -> Array<f32> {
+        let finest = comptime!(1usize << (levels - 1));
+        let tile = comptime!(tile_pixels(finest));
+        let local = UNIT_POS_X as usize;
+        let mut gathered = Array::<f32>::new(finest);
+        #[unroll]
+        for group in 0..finest {
+            gathered[group] = shared[comptime!(group * tile) + local];
+        }
+        gathered
+    }
+
+    /// `Y = X * sigmoid(Z)` in [`super::Layout::Group`]: each thread sums its group's channels
+    /// at its pixel, the group-0 thread of each pixel computes the pixel's attention from the
+    /// shared sums, and every thread writes its group's channels.
+    #[cube(launch_unchecked)]
+    pub(super) fn forward_group_kernel(
+        x: &Tensor<f32>,
+        weights: &Tensor<f32>,
+        output: &mut Tensor<f32>,
+        channels: usize,
+        pixels: usize,
+        batch_pixels: usize,
+        epsilon: f32,
+        #[comptime] levels: usize,
+    ) {
+        let finest = comptime!(1usize << (levels - 1));
+        let maps = comptime!((1usize << levels) - 1);
+        let tile = comptime!(tile_pixels(finest));
+        let place = place(channels, pixels, batch_pixels, levels);
+        let mut group_sums = Shared::<[f32]>::new_slice(comptime!(finest * tile));
+        let mut attentions = Shared::<[f32]>::new_slice(tile);
+        if place.active {
+            let mut sum = 0.0f32;
+            for channel in place.first_channel..place.end_channel {
+                sum += x[place.base + channel * pixels];
+            }
+            group_sums[place.slot] = sum;
+        }
+        // The barriers stand outside any branch: every thread of the cube reaches them.
+        sync_cube();
+        if place.active && UNIT_POS_Y == 0 {
+            let finest_sums = gather(&group_sums, levels);
+            let mut normalized = Array::<f32>::new(maps);
+            normalized_context(&finest_sums, &mut normalized, channels, epsilon, levels);
+            attentions[UNIT_POS_X as usize] =
+                pixel_attention(weights, &normalized, place.pixel, pixels, levels);
+        }
+        sync_cube();
+        if place.active {
+            let attention = attentions[UNIT_POS_X as usize];
+            for channel in place.first_channel..place.end_channel {
+                let at = place.base + channel * pixels;
+                output[at] = x[at] * attention;
+            }
+        }
+    }
+
+    /// `dX` and each sample's `dW` in [`super::Layout::Group`]: each thread sums its group's
+    /// part of the group sums and of `sum_c dY_c X_c`; the group-0 thread of each pixel adds the
+    /// parts in group order, computes the pixel's gradients ([`pixel_gradients`]) and hands
+    /// every group its share of `dP` and the attention; then each thread writes its group's
+    /// channels of `dX`.
+    #[cube(launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn backward_group_kernel(
+        x: &Tensor<f32>,
+        weights: &Tensor<f32>,
+        grad_output: &Tensor<f32>,
+        grad_x: &mut Tensor<f32>,
+        sample_grad_weights: &mut Tensor<f32>,
+        channels: usize,
+        pixels: usize,
+        batch_pixels: usize,
+        epsilon: f32,
+        #[comptime] levels: usize,
+    ) {
+        let finest = comptime!(1usize << (levels - 1));
+        let maps = comptime!((1usize << levels) - 1);
+        let tile = comptime!(tile_pixels(finest));
+        let place = place(channels, pixels, batch_pixels, levels);
+        // The group sums, replaced by the groups' shares of dP once the group-0 thread has read
+        // them (each pixel's column is read and written by that pixel's group-0 thread alone).
+        let mut group_values = Shared::<[f32]>::new_slice(comptime!(finest * tile));
+        let mut group_gate_products = Shared::<[f32]>::new_slice(comptime!(finest * tile));
+        let mut attentions = Shared::<[f32]>::new_slice(tile);
+        if place.active {
+            let mut sum = 0.0f32;
+            let mut gate_product = 0.0f32;
+            for channel in place.first_channel..place.end_channel {
+                let at = place.base + channel * pixels;
+                let value = x[at];
+                sum += value;
+                gate_product += grad_output[at] * value;
+            }
+            group_values[place.slot] = sum;
+            group_gate_products[place.slot] = gate_product;
+        }
+        sync_cube();
+        if place.active && UNIT_POS_Y == 0 {
+            let local = UNIT_POS_X as usize;
+            let finest_sums = gather(&group_values, levels);
+            let gate_products = gather(&group_gate_products, levels);
+            let mut gate_product = 0.0f32;
+            #[unroll]
+            for group in 0..finest {
+                gate_product += gate_products[group];
+            }
+            let mut group_shares = Array::<f32>::new(finest);
+            attentions[local] = pixel_gradients(
+                &finest_sums,
+                gate_product,
+                weights,
+                sample_grad_weights,
+                &mut group_shares,
+                place.sample * maps * pixels + place.pixel,
+                place.pixel,
+                pixels,
+                channels,
+                epsilon,
+                levels,
+            );
+            #[unroll]
+            for group in 0..finest {
+                group_values[comptime!(group * tile) + local] = group_shares[group];
+            }
+        }
+        sync_cube();
+        if place.active {
+            let attention = attentions[UNIT_POS_X as usize];
+            let share = group_values[place.slot];
+            for channel in place.first_channel..place.end_channel {
+                let at = place.base + channel * pixels;
                 grad_x[at] = grad_output[at] * attention + share;
             }
         }
@@ -525,11 +926,12 @@ mod kernels {
 #[cfg(all(test, feature = "wgpu"))]
 mod tests {
     use super::*;
-    use crate::attention::PpcrConfig;
     use crate::attention::testing::{
         assert_matches_reference, ppcr_gradients as gradients, ppcr_with_random_weights as unit,
         random_tensor, values,
     };
+    use crate::attention::{Ppcr, PpcrConfig};
+    use burn::backend::DispatchDevice;
     use burn::tensor::{Device, DeviceKind};
 
     /// `(batch, channels, [height, width], levels)`: uneven channel splits (12, 20, 13),
@@ -578,6 +980,60 @@ mod tests {
         assert!(!cube_available(&x, &ppcr.pixel_context_weights.val()));
     }
 
+    /// `tensor` copied to its device as a tensor of burn's unfused `CubeBackend`, where the
+    /// layouts' launches are called directly.
+    fn to_cube<const D: usize>(tensor: &Tensor<D>) -> CubeTensor {
+        let device = match tensor.device().without_autodiff().as_dispatch() {
+            DispatchDevice::Cube(device) => device.clone(),
+            other => panic!("not a CubeCL device: {other:?}"),
+        };
+        CubeBackend::float_from_data(tensor.to_data(), &device)
+    }
+
+    fn cube_values(tensor: CubeTensor) -> Vec<f32> {
+        burn_cubecl::ops::into_data_sync(tensor)
+            .try_to_vec::<f32>()
+            .unwrap()
+    }
+
+    /// `Y` of `layout`'s forward kernel.
+    fn layout_forward(ppcr: &Ppcr, x: &Tensor<4>, layout: Layout) -> Vec<f32> {
+        let weights = to_cube(&ppcr.pixel_context_weights.val());
+        let y = forward_with(
+            to_cube(x),
+            weights,
+            ppcr.levels,
+            ppcr.epsilon as f32,
+            layout,
+        );
+        cube_values(y)
+    }
+
+    /// `(dX, dW)` of `layout`'s backward kernel for `dY = probe`, `dW` summed over the batch
+    /// as the unit's backward step does.
+    fn layout_gradients(
+        ppcr: &Ppcr,
+        x: &Tensor<4>,
+        probe: &Tensor<4>,
+        layout: Layout,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let weights = ppcr.pixel_context_weights.val();
+        let [maps, height, width] = weights.dims();
+        let sample_grad_weights = to_cube(&Tensor::<2>::zeros(
+            [x.dims()[0], maps * height * width],
+            &x.device(),
+        ));
+        let tensors = (
+            to_cube(x),
+            to_cube(&weights),
+            to_cube(probe),
+            sample_grad_weights.clone(),
+        );
+        let grad_x = backward_with(tensors, ppcr.levels, ppcr.epsilon as f32, layout);
+        let grad_w = CubeBackend::float_sum_dim(sample_grad_weights, 0);
+        (cube_values(grad_x), cube_values(grad_w))
+    }
+
     #[test]
     fn kernel_forward_matches_the_literal_formulation() {
         let Some(device) = wgpu_cpu() else { return };
@@ -585,10 +1041,14 @@ mod tests {
             let seed = index as u64 * 7 + 1;
             let ppcr = unit(channels, size, levels, seed, &device);
             let x = random_tensor([batch, channels, size[0], size[1]], seed + 3, &device);
-            let kernel = values(ppcr.forward(x.clone()));
-            let literal = values(x.clone() * ppcr.reference_attention_map(x).unwrap());
+            let literal = values(x.clone() * ppcr.reference_attention_map(x.clone()).unwrap());
             let what = format!("B={batch} C={channels} {size:?} L={levels} y");
-            assert_matches_reference(&kernel, &literal, 1e-5, &what);
+            let tuned = values(ppcr.forward(x.clone()));
+            assert_matches_reference(&tuned, &literal, 1e-5, &format!("{what}, tuned"));
+            for (name, layout) in Layout::ALL {
+                let y = layout_forward(&ppcr, &x, layout);
+                assert_matches_reference(&y, &literal, 1e-5, &format!("{what}, {name}"));
+            }
         }
     }
 
@@ -601,7 +1061,11 @@ mod tests {
                 .init(&device)
                 .unwrap();
             let x = random_tensor([batch, channels, size[0], size[1]], 5, &device);
-            assert_eq!(values(ppcr.forward(x.clone())), values(x.mul_scalar(0.5)));
+            let half = values(x.clone().mul_scalar(0.5));
+            assert_eq!(values(ppcr.forward(x.clone())), half);
+            for (name, layout) in Layout::ALL {
+                assert_eq!(layout_forward(&ppcr, &x, layout), half, "{name}");
+            }
         }
     }
 
@@ -615,11 +1079,16 @@ mod tests {
             let shape = [batch, channels, size[0], size[1]];
             let x = random_tensor(shape, seed + 1, &device);
             let probe = random_tensor(shape, seed + 2, &device);
-            let (kernel_x, kernel_w) = gradients(&ppcr, &x, &probe, true);
             let (tensor_x, tensor_w) = gradients(&ppcr, &x, &probe, false);
             let what = format!("B={batch} C={channels} {size:?} L={levels}");
-            assert_matches_reference(&kernel_x, &tensor_x, 1e-4, &format!("{what} dx"));
-            assert_matches_reference(&kernel_w, &tensor_w, 1e-4, &format!("{what} dW"));
+            let (tuned_x, tuned_w) = gradients(&ppcr, &x, &probe, true);
+            assert_matches_reference(&tuned_x, &tensor_x, 1e-4, &format!("{what} dx, tuned"));
+            assert_matches_reference(&tuned_w, &tensor_w, 1e-4, &format!("{what} dW, tuned"));
+            for (name, layout) in Layout::ALL {
+                let (grad_x, grad_w) = layout_gradients(&ppcr, &x, &probe, layout);
+                assert_matches_reference(&grad_x, &tensor_x, 1e-4, &format!("{what} dx, {name}"));
+                assert_matches_reference(&grad_w, &tensor_w, 1e-4, &format!("{what} dW, {name}"));
+            }
         }
     }
 
