@@ -14,7 +14,8 @@
 #   $OUT/cubecl-env.tgz at the end, for the next call to carry;
 # - runs every step under one deadline (DEADLINE seconds from the start, default 450), the
 #   benchmark the issue needs first, and gives a step only the time that is left;
-# - samples how many kernels have been compiled and autotuned every 10 s.
+# - samples how many kernels have been compiled and autotuned every 10 s;
+# - keeps autotune's timings of PPCR's two thread layouts at each shape ($OUT/ppcr-layouts.txt).
 set -u
 exec > >(tee -a "$OUT/log.txt") 2>&1
 START=$(date +%s)
@@ -51,6 +52,8 @@ step 120 $B bench --suite unit --device cuda --runs 7 --warmup 2
 step 200 $B train --device cuda --epochs 2 --out /tmp/run-cuda
 kill $SAMPLER
 grep "^Fastest result" /tmp/cubecl.log | cut -c1-160 > $OUT/autotune.txt
+# PPCR's two thread layouts timed by autotune for every shape it met (src/attention/ppcr_cube.rs).
+grep -A6 "^Fastest result .*LayoutKey" /tmp/cubecl.log > $OUT/ppcr-layouts.txt
 awk '/START_KERNEL_COMPILATION/{getline; print substr($0,1,100)}' /tmp/cubecl.log | sort | uniq -c | sort -rn > $OUT/kernels.txt
 tar czf $OUT/cubecl-env.tgz target/environment && ls -la $OUT/cubecl-env.tgz
 echo "== $(date -u +%T) +$(($(date +%s) - START))s done"
