@@ -372,47 +372,43 @@ fn pools_backward_sample_generic(
     let (grad_max, grad_mean) = grad_pools.split_at(pixels);
     // Each channel's share of the mean map's gradient, divided once per pixel, not per value.
     let grad_mean: Vec<f32> = grad_mean.iter().map(|d| d / channels as f32).collect();
-    // The gradient reaching `x * g` at a pixel of `channel`.
-    let upstream = |channel: u32, dmax: f32, mean_share: f32, at: u32| {
-        mean_share + if at == channel { dmax } else { 0.0 }
-    };
+    // Every value receives its pixel's mean share; this dense pass has no per-value choice, so
+    // it vectorises (a branch or select on the max channel kept it scalar).
     let whole = pixels / LANES * LANES;
-    for (channel, (((grad, plane), &g), grad_g)) in grad
+    for (((grad, plane), &g), grad_g) in grad
         .chunks_mut(pixels.max(1))
         .zip(sample.chunks(pixels.max(1)))
         .zip(gate)
         .zip(grad_gate.iter_mut())
-        .enumerate()
     {
-        let channel = channel as u32;
         // The gate's gradient over separate lanes, so the loop vectorises.
         let mut lanes = [0.0f32; LANES];
-        for ((((out, x), dmax), dmean), at) in grad[..whole]
+        for ((out, x), dmean) in grad[..whole]
             .chunks_exact_mut(LANES)
             .zip(plane[..whole].chunks_exact(LANES))
-            .zip(grad_max[..whole].chunks_exact(LANES))
             .zip(grad_mean[..whole].chunks_exact(LANES))
-            .zip(argmax[..whole].chunks_exact(LANES))
         {
             for lane in 0..LANES {
-                let upstream = upstream(channel, dmax[lane], dmean[lane], at[lane]);
-                out[lane] = upstream * g;
-                lanes[lane] += upstream * x[lane];
+                out[lane] = dmean[lane] * g;
+                lanes[lane] += dmean[lane] * x[lane];
             }
         }
-        for (lane, ((((out, &x), &dmax), &dmean), &at)) in grad[whole..]
+        let mut remainder = 0.0f32;
+        for ((out, &x), &dmean) in grad[whole..]
             .iter_mut()
             .zip(&plane[whole..])
-            .zip(&grad_max[whole..])
             .zip(&grad_mean[whole..])
-            .zip(&argmax[whole..])
-            .enumerate()
         {
-            let upstream = upstream(channel, dmax, dmean, at);
-            *out = upstream * g;
-            lanes[lane] += upstream * x;
+            *out = dmean * g;
+            remainder += dmean * x;
         }
-        *grad_g = lanes.iter().sum();
+        *grad_g = lanes.iter().sum::<f32>() + remainder;
+    }
+    // Then each pixel's max channel alone receives the max map's gradient: one value per pixel.
+    for (pixel, (&dmax, &channel)) in grad_max.iter().zip(argmax).enumerate() {
+        let (channel, at) = (channel as usize, channel as usize * pixels + pixel);
+        grad[at] += dmax * gate[channel];
+        grad_gate[channel] += dmax * sample[at];
     }
 }
 
@@ -814,34 +810,48 @@ fn conv_backward_sample_generic(
         .zip(weights.chunks(kernel * kernel))
         .zip(grad_w.chunks_mut(kernel * kernel))
     {
+        // Tap by tap, so each tap's weight gradient stays in `LANES` accumulators over all the
+        // rows it covers and is summed across lanes once per plane, not once per row.
         for ky in 0..kernel {
-            for y in covered(height, ky, pad) {
-                let row = (y + ky - pad) * width;
-                let grad_out_row = &grad_out[y * width..][..width];
-                for kx in 0..kernel {
-                    let xs = covered(width, kx, pad);
-                    if xs.is_empty() {
-                        continue;
-                    }
+            let ys = covered(height, ky, pad);
+            for kx in 0..kernel {
+                let xs = covered(width, kx, pad);
+                if xs.is_empty() {
+                    continue;
+                }
+                let tap = ky * kernel + kx;
+                let mut lanes = [0.0f32; LANES];
+                let mut remainders = 0.0f32;
+                for y in ys.clone() {
+                    let row = (y + ky - pad) * width;
                     let shift = row + xs.start + kx - pad..row + xs.end + kx - pad;
-                    tap_grads[ky * kernel + kx] += scatter_and_dot(
+                    remainders += scatter_and_dot(
                         &mut grad_input[shift.clone()],
                         &input[shift],
-                        &grad_out_row[xs],
-                        tap_weights[ky * kernel + kx],
+                        &grad_out[y * width..][xs.clone()],
+                        tap_weights[tap],
+                        &mut lanes,
                     );
                 }
+                tap_grads[tap] += lanes.iter().sum::<f32>() + remainders;
             }
         }
     }
 }
 
-/// `grad_input += w * grad_out`, and returns `sum(input * grad_out)` over [`LANES`]
-/// accumulators, so both vectorise (one running sum would be a chain of dependent additions).
+/// `grad_input += w * grad_out`, and `sum(input * grad_out)`: the whole [`LANES`] chunks added
+/// into `lanes`, so both vectorise (one running sum would be a chain of dependent additions),
+/// and the remainder returned.
 #[inline(always)]
-fn scatter_and_dot(grad_input: &mut [f32], input: &[f32], grad_out: &[f32], w: f32) -> f32 {
-    let mut lanes = [0.0f32; LANES];
+fn scatter_and_dot(
+    grad_input: &mut [f32],
+    input: &[f32],
+    grad_out: &[f32],
+    w: f32,
+    lanes: &mut [f32; LANES],
+) -> f32 {
     let whole = grad_out.len() / LANES * LANES;
+    let mut chunk_sums = *lanes;
     for ((grad_input, input), grad_out) in grad_input[..whole]
         .chunks_exact_mut(LANES)
         .zip(input[..whole].chunks_exact(LANES))
@@ -849,19 +859,20 @@ fn scatter_and_dot(grad_input: &mut [f32], input: &[f32], grad_out: &[f32], w: f
     {
         for lane in 0..LANES {
             grad_input[lane] += w * grad_out[lane];
-            lanes[lane] += input[lane] * grad_out[lane];
+            chunk_sums[lane] += input[lane] * grad_out[lane];
         }
     }
-    for (lane, ((g_in, &v), &g)) in grad_input[whole..]
+    *lanes = chunk_sums;
+    let mut remainder = 0.0f32;
+    for ((g_in, &v), &g) in grad_input[whole..]
         .iter_mut()
         .zip(&input[whole..])
         .zip(&grad_out[whole..])
-        .enumerate()
     {
         *g_in += w * g;
-        lanes[lane] += v * g;
+        remainder += v * g;
     }
-    lanes.iter().sum()
+    remainder
 }
 
 #[cfg(test)]
