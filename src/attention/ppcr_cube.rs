@@ -634,6 +634,81 @@ mod kernels {
         attention
     }
 
+    /// The sum over channels `first..end` of `x` at one pixel (channel 0 at `base`; planes of
+    /// `pixels` values).
+    #[cube]
+    fn channel_sum(x: &Tensor<f32>, base: usize, first: usize, end: usize, pixels: usize) -> f32 {
+        let mut sum = 0.0f32;
+        for channel in first..end {
+            sum += x[base + channel * pixels];
+        }
+        sum
+    }
+
+    /// [`channel_sum`] of `x`, and of `dY * X`, read together.
+    #[derive(CubeType)]
+    struct ChannelSums {
+        sum: f32,
+        gate_product: f32,
+    }
+
+    #[cube]
+    fn channel_sums(
+        x: &Tensor<f32>,
+        grad_output: &Tensor<f32>,
+        base: usize,
+        first: usize,
+        end: usize,
+        pixels: usize,
+    ) -> ChannelSums {
+        let mut sum = 0.0f32;
+        let mut gate_product = 0.0f32;
+        for channel in first..end {
+            let at = base + channel * pixels;
+            let value = x[at];
+            sum += value;
+            gate_product += grad_output[at] * value;
+        }
+        ChannelSums { sum, gate_product }
+    }
+
+    /// `Y = X * A` over channels `first..end` at one pixel.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn write_product(
+        x: &Tensor<f32>,
+        output: &mut Tensor<f32>,
+        base: usize,
+        first: usize,
+        end: usize,
+        pixels: usize,
+        attention: f32,
+    ) {
+        for channel in first..end {
+            let at = base + channel * pixels;
+            output[at] = x[at] * attention;
+        }
+    }
+
+    /// `dX = dY * A + share` over channels `first..end` at one pixel.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn write_input_gradient(
+        grad_output: &Tensor<f32>,
+        grad_x: &mut Tensor<f32>,
+        base: usize,
+        first: usize,
+        end: usize,
+        pixels: usize,
+        attention: f32,
+        share: f32,
+    ) {
+        for channel in first..end {
+            let at = base + channel * pixels;
+            grad_x[at] = grad_output[at] * attention + share;
+        }
+    }
+
     /// `Y = X * sigmoid(Z)` in [`super::Layout::Pixel`]: one thread per pixel of one sample.
     #[cube(launch_unchecked)]
     pub(super) fn forward_pixel_kernel(
@@ -658,19 +733,13 @@ mod kernels {
         let mut finest_sums = Array::<f32>::new(finest);
         #[unroll]
         for group in 0..finest {
-            let mut sum = 0.0f32;
-            for channel in channels * group / finest..channels * (group + 1) / finest {
-                sum += x[base + channel * pixels];
-            }
-            finest_sums[group] = sum;
+            let (first, end) = (channels * group / finest, channels * (group + 1) / finest);
+            finest_sums[group] = channel_sum(x, base, first, end, pixels);
         }
         let mut normalized = Array::<f32>::new(maps);
         normalized_context(&finest_sums, &mut normalized, channels, epsilon, levels);
         let attention = pixel_attention(weights, &normalized, pixel, pixels, levels);
-        for channel in 0..channels {
-            let at = base + channel * pixels;
-            output[at] = x[at] * attention;
-        }
+        write_product(x, output, base, 0, channels, pixels, attention);
     }
 
     /// `dX` and each sample's `dW` in [`super::Layout::Pixel`] (see [`pixel_gradients`]).
@@ -701,14 +770,10 @@ mod kernels {
         let mut gate_product = 0.0f32;
         #[unroll]
         for group in 0..finest {
-            let mut sum = 0.0f32;
-            for channel in channels * group / finest..channels * (group + 1) / finest {
-                let at = base + channel * pixels;
-                let value = x[at];
-                sum += value;
-                gate_product += grad_output[at] * value;
-            }
-            finest_sums[group] = sum;
+            let (first, end) = (channels * group / finest, channels * (group + 1) / finest);
+            let sums = channel_sums(x, grad_output, base, first, end, pixels);
+            finest_sums[group] = sums.sum;
+            gate_product += sums.gate_product;
         }
         let mut group_shares = Array::<f32>::new(finest);
         let attention = pixel_gradients(
@@ -726,11 +791,18 @@ mod kernels {
         );
         #[unroll]
         for group in 0..finest {
+            let (first, end) = (channels * group / finest, channels * (group + 1) / finest);
             let share = group_shares[group];
-            for channel in channels * group / finest..channels * (group + 1) / finest {
-                let at = base + channel * pixels;
-                grad_x[at] = grad_output[at] * attention + share;
-            }
+            write_input_gradient(
+                grad_output,
+                grad_x,
+                base,
+                first,
+                end,
+                pixels,
+                attention,
+                share,
+            );
         }
     }
 
@@ -815,11 +887,8 @@ mod kernels {
         let mut group_sums = Shared::<[f32]>::new_slice(comptime!(finest * tile));
         let mut attentions = Shared::<[f32]>::new_slice(tile);
         if place.active {
-            let mut sum = 0.0f32;
-            for channel in place.first_channel..place.end_channel {
-                sum += x[place.base + channel * pixels];
-            }
-            group_sums[place.slot] = sum;
+            let (first, end) = (place.first_channel, place.end_channel);
+            group_sums[place.slot] = channel_sum(x, place.base, first, end, pixels);
         }
         // The barriers stand outside any branch: every thread of the cube reaches them.
         sync_cube();
@@ -832,11 +901,9 @@ mod kernels {
         }
         sync_cube();
         if place.active {
+            let (first, end) = (place.first_channel, place.end_channel);
             let attention = attentions[UNIT_POS_X as usize];
-            for channel in place.first_channel..place.end_channel {
-                let at = place.base + channel * pixels;
-                output[at] = x[at] * attention;
-            }
+            write_product(x, output, place.base, first, end, pixels, attention);
         }
     }
 
@@ -869,16 +936,10 @@ mod kernels {
         let mut group_gate_products = Shared::<[f32]>::new_slice(comptime!(finest * tile));
         let mut attentions = Shared::<[f32]>::new_slice(tile);
         if place.active {
-            let mut sum = 0.0f32;
-            let mut gate_product = 0.0f32;
-            for channel in place.first_channel..place.end_channel {
-                let at = place.base + channel * pixels;
-                let value = x[at];
-                sum += value;
-                gate_product += grad_output[at] * value;
-            }
-            group_values[place.slot] = sum;
-            group_gate_products[place.slot] = gate_product;
+            let (first, end) = (place.first_channel, place.end_channel);
+            let sums = channel_sums(x, grad_output, place.base, first, end, pixels);
+            group_values[place.slot] = sums.sum;
+            group_gate_products[place.slot] = sums.gate_product;
         }
         sync_cube();
         if place.active && UNIT_POS_Y == 0 {
@@ -911,12 +972,19 @@ mod kernels {
         }
         sync_cube();
         if place.active {
+            let (first, end) = (place.first_channel, place.end_channel);
             let attention = attentions[UNIT_POS_X as usize];
             let share = group_values[place.slot];
-            for channel in place.first_channel..place.end_channel {
-                let at = place.base + channel * pixels;
-                grad_x[at] = grad_output[at] * attention + share;
-            }
+            write_input_gradient(
+                grad_output,
+                grad_x,
+                place.base,
+                first,
+                end,
+                pixels,
+                attention,
+                share,
+            );
         }
     }
 }
