@@ -190,6 +190,16 @@ impl Dims {
     }
 }
 
+/// An unwritten contiguous tensor of `x`'s shape, type and device.
+fn empty_like(x: &CubeTensor) -> CubeTensor {
+    empty_device_contiguous_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        x.meta.shape().clone(),
+        x.dtype,
+    )
+}
+
 /// `Y` for contiguous `x` and `weights`, with the layout given.
 fn forward_with(
     x: CubeTensor,
@@ -199,50 +209,26 @@ fn forward_with(
     layout: Layout,
 ) -> CubeTensor {
     let dims = Dims::of(&x);
-    let output = empty_device_contiguous_dtype(
-        x.client.clone(),
-        x.device.clone(),
-        x.meta.shape().clone(),
-        x.dtype,
-    );
+    let output = empty_like(&x);
     let (cube_count, cube_dim) = dims.grid(&x, layout, levels);
-    let args = (
-        x.clone().into_tensor_arg(),
-        weights.into_tensor_arg(),
-        output.clone().into_tensor_arg(),
-    );
     // SAFETY: every index a kernel reads or writes is below `B * C * H * W` (or `K * H * W` for
     // the weights) for contiguous tensors of the checked shapes, and threads past `B * H * W`
     // neither read nor write.
     unsafe {
-        match layout {
-            Layout::Pixel => kernels::forward_pixel_kernel::launch_unchecked(
-                &x.client,
-                cube_count,
-                cube_dim,
-                args.0,
-                args.1,
-                args.2,
-                dims.channels,
-                dims.pixels,
-                dims.batch_pixels,
-                epsilon,
-                levels,
-            ),
-            Layout::Group => kernels::forward_group_kernel::launch_unchecked(
-                &x.client,
-                cube_count,
-                cube_dim,
-                args.0,
-                args.1,
-                args.2,
-                dims.channels,
-                dims.pixels,
-                dims.batch_pixels,
-                epsilon,
-                levels,
-            ),
-        }
+        kernels::forward_kernel::launch_unchecked(
+            &x.client,
+            cube_count,
+            cube_dim,
+            x.clone().into_tensor_arg(),
+            weights.into_tensor_arg(),
+            output.clone().into_tensor_arg(),
+            dims.channels,
+            dims.pixels,
+            dims.batch_pixels,
+            epsilon,
+            levels,
+            layout == Layout::Group,
+        );
     }
     output
 }
@@ -261,54 +247,26 @@ fn backward_with(
     layout: Layout,
 ) -> CubeTensor {
     let dims = Dims::of(&x);
-    let grad_x = empty_device_contiguous_dtype(
-        x.client.clone(),
-        x.device.clone(),
-        x.meta.shape().clone(),
-        x.dtype,
-    );
+    let grad_x = empty_like(&x);
     let (cube_count, cube_dim) = dims.grid(&x, layout, levels);
-    let args = (
-        x.clone().into_tensor_arg(),
-        weights.into_tensor_arg(),
-        grad_output.into_tensor_arg(),
-        grad_x.clone().into_tensor_arg(),
-        sample_grad_weights.into_tensor_arg(),
-    );
     // SAFETY: as in `forward_with`; the per-sample weight gradient is `[B, K * H * W]`.
     unsafe {
-        match layout {
-            Layout::Pixel => kernels::backward_pixel_kernel::launch_unchecked(
-                &x.client,
-                cube_count,
-                cube_dim,
-                args.0,
-                args.1,
-                args.2,
-                args.3,
-                args.4,
-                dims.channels,
-                dims.pixels,
-                dims.batch_pixels,
-                epsilon,
-                levels,
-            ),
-            Layout::Group => kernels::backward_group_kernel::launch_unchecked(
-                &x.client,
-                cube_count,
-                cube_dim,
-                args.0,
-                args.1,
-                args.2,
-                args.3,
-                args.4,
-                dims.channels,
-                dims.pixels,
-                dims.batch_pixels,
-                epsilon,
-                levels,
-            ),
-        }
+        kernels::backward_kernel::launch_unchecked(
+            &x.client,
+            cube_count,
+            cube_dim,
+            x.clone().into_tensor_arg(),
+            weights.into_tensor_arg(),
+            grad_output.into_tensor_arg(),
+            grad_x.clone().into_tensor_arg(),
+            sample_grad_weights.into_tensor_arg(),
+            dims.channels,
+            dims.pixels,
+            dims.batch_pixels,
+            epsilon,
+            levels,
+            layout == Layout::Group,
+        );
     }
     grad_x
 }
@@ -710,8 +668,8 @@ mod kernels {
     }
 
     /// `Y = X * sigmoid(Z)` in [`super::Layout::Pixel`]: one thread per pixel of one sample.
-    #[cube(launch_unchecked)]
-    pub(super) fn forward_pixel_kernel(
+    #[cube]
+    fn forward_per_pixel(
         x: &Tensor<f32>,
         weights: &Tensor<f32>,
         output: &mut Tensor<f32>,
@@ -743,9 +701,9 @@ mod kernels {
     }
 
     /// `dX` and each sample's `dW` in [`super::Layout::Pixel`] (see [`pixel_gradients`]).
-    #[cube(launch_unchecked)]
+    #[cube]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn backward_pixel_kernel(
+    fn backward_per_pixel(
         x: &Tensor<f32>,
         weights: &Tensor<f32>,
         grad_output: &Tensor<f32>,
@@ -869,8 +827,8 @@ mod kernels {
     /// `Y = X * sigmoid(Z)` in [`super::Layout::Group`]: each thread sums its group's channels
     /// at its pixel, the group-0 thread of each pixel computes the pixel's attention from the
     /// shared sums, and every thread writes its group's channels.
-    #[cube(launch_unchecked)]
-    pub(super) fn forward_group_kernel(
+    #[cube]
+    fn forward_per_group(
         x: &Tensor<f32>,
         weights: &Tensor<f32>,
         output: &mut Tensor<f32>,
@@ -912,9 +870,9 @@ mod kernels {
     /// parts in group order, computes the pixel's gradients ([`pixel_gradients`]) and hands
     /// every group its share of `dP` and the attention; then each thread writes its group's
     /// channels of `dX`.
-    #[cube(launch_unchecked)]
+    #[cube]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn backward_group_kernel(
+    fn backward_per_group(
         x: &Tensor<f32>,
         weights: &Tensor<f32>,
         grad_output: &Tensor<f32>,
@@ -984,6 +942,93 @@ mod kernels {
                 pixels,
                 attention,
                 share,
+            );
+        }
+    }
+
+    /// `Y = X * sigmoid(Z)` for every pixel of the batch, in the layout `per_group` names
+    /// ([`super::Layout::Group`] if set, else [`super::Layout::Pixel`]); one compiled kernel per
+    /// layout and depth.
+    #[cube(launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward_kernel(
+        x: &Tensor<f32>,
+        weights: &Tensor<f32>,
+        output: &mut Tensor<f32>,
+        channels: usize,
+        pixels: usize,
+        batch_pixels: usize,
+        epsilon: f32,
+        #[comptime] levels: usize,
+        #[comptime] per_group: bool,
+    ) {
+        if per_group {
+            forward_per_group(
+                x,
+                weights,
+                output,
+                channels,
+                pixels,
+                batch_pixels,
+                epsilon,
+                levels,
+            );
+        } else {
+            forward_per_pixel(
+                x,
+                weights,
+                output,
+                channels,
+                pixels,
+                batch_pixels,
+                epsilon,
+                levels,
+            );
+        }
+    }
+
+    /// `dX` and each sample's `dW` for every pixel of the batch, in the layout `per_group`
+    /// names, as [`forward_kernel`].
+    #[cube(launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn backward_kernel(
+        x: &Tensor<f32>,
+        weights: &Tensor<f32>,
+        grad_output: &Tensor<f32>,
+        grad_x: &mut Tensor<f32>,
+        sample_grad_weights: &mut Tensor<f32>,
+        channels: usize,
+        pixels: usize,
+        batch_pixels: usize,
+        epsilon: f32,
+        #[comptime] levels: usize,
+        #[comptime] per_group: bool,
+    ) {
+        if per_group {
+            backward_per_group(
+                x,
+                weights,
+                grad_output,
+                grad_x,
+                sample_grad_weights,
+                channels,
+                pixels,
+                batch_pixels,
+                epsilon,
+                levels,
+            );
+        } else {
+            backward_per_pixel(
+                x,
+                weights,
+                grad_output,
+                grad_x,
+                sample_grad_weights,
+                channels,
+                pixels,
+                batch_pixels,
+                epsilon,
+                levels,
             );
         }
     }
