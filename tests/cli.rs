@@ -178,6 +178,77 @@ fn training_splits_batches_across_the_devices_it_is_given() {
 }
 
 #[test]
+fn bench_times_the_shapes_it_is_given_and_refuses_bad_options_before_timing() {
+    let output = ppcr([
+        "bench",
+        "--suite",
+        "unit",
+        "--shape",
+        "2x16x4x4,3x8x2x5",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_success(&output);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let rows = report["unit"].as_array().unwrap();
+    let shapes: Vec<_> = rows.iter().map(|row| &row["bench"]["shape"]).collect();
+    assert_eq!(
+        shapes,
+        [
+            &serde_json::json!({"label": "custom", "shape": [2, 16, 4, 4]}),
+            &serde_json::json!({"label": "custom", "shape": [3, 8, 2, 5]}),
+        ]
+    );
+    for row in rows {
+        assert!(row["forward_ratio"].as_f64().unwrap() > 0.0, "{row}");
+    }
+
+    let output = ppcr([
+        "bench", "--suite", "units", "--attn", "se,simam", "--shape", "2x16x4x4", "--runs", "1",
+        "--warmup", "0",
+    ]);
+    assert_success(&output);
+    let text = stdout(&output);
+    assert!(
+        text.contains("[2, 16, 4, 4]") && !text.contains("resnet20@32"),
+        "{text}"
+    );
+
+    // Each refused before the first measurement: nothing is printed on standard output.
+    for (args, needles) in [
+        (
+            &["--suite", "unit", "--runs", "0"][..],
+            &["--runs", "at least 1"][..],
+        ),
+        (
+            &["--suite", "unit", "--shape", "2x16x4"],
+            &["2x16x4", "BxCxHxW"],
+        ),
+        (
+            &["--suite", "unit", "--shape", "2x16x4x4,2x4x4x4"],
+            &["ppcr", "[2, 4, 4, 4]", "4 channels"],
+        ),
+        (
+            &["--suite", "network", "--shape", "2x16x4x4"],
+            &["--shape", "network"],
+        ),
+        (
+            &["--suite", "network", "--resnet18-input", "4"],
+            &["--resnet18-input 4", "at least 8 px"],
+        ),
+    ] {
+        let output = ppcr(["bench"].iter().chain(args));
+        assert_clean_failure(&output, needles);
+        assert_eq!(stdout(&output), "", "{args:?}");
+    }
+    let output = ppcr(["profile", "--batch", "0"]);
+    assert_clean_failure(&output, &["--batch", "at least 1"]);
+}
+
+#[test]
 fn models_json_lists_every_backbone_and_unit() {
     let output = ppcr(["models", "--json", "--classes", "2", "--input", "28"]);
     assert!(output.status.success());

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
@@ -9,7 +10,8 @@ use super::device::DeviceArgs;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
 use ppcr::profile::{
-    NetworkCase, ZooBench, end_to_end_bench, network_bench, unit_bench, zoo_bench,
+    NetworkCase, UnitShape, ZooBench, end_to_end_bench, network_bench, unit_bench,
+    unit_bench_shapes, zoo_bench,
 };
 
 /// Which benchmarks to run.
@@ -37,7 +39,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Suite::All)]
     suite: Suite,
     /// Timed runs per measurement (the median is reported).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 7, value_parser = at_least_one)]
     runs: usize,
     /// Untimed warm-up runs per measurement.
     #[arg(long, default_value_t = 2)]
@@ -45,6 +47,11 @@ pub struct BenchArgs {
     /// Units for the units and network suites [default: all].
     #[arg(long = "attn", value_delimiter = ',')]
     attention: Option<Vec<AttentionKind>>,
+    /// Feature-map shapes for the unit and units suites, as BxCxHxW, comma-separated (e.g.
+    /// 64x64x8x8,32x64x8x8) [default: the stage shapes of ResNet-20 at 32 px and ResNet-18 at
+    /// 224 px].
+    #[arg(long = "shape", value_delimiter = ',', value_parser = parse_shape)]
+    shapes: Option<Vec<[usize; 4]>>,
     /// ResNet-18 input size for the network suite.
     #[arg(long, default_value_t = 112)]
     resnet18_input: usize,
@@ -69,9 +76,60 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let device = args.device.device()?;
     let mut report = serde_json::Map::new();
     let wants = |suite| args.suite == suite || args.suite == Suite::All;
+    let units = args
+        .attention
+        .clone()
+        .unwrap_or_else(|| AttentionKind::ALL.to_vec());
+    let shapes = match &args.shapes {
+        Some(shapes) if !(wants(Suite::Unit) || wants(Suite::Units)) => anyhow::bail!(
+            "--shape {}: only the unit and units suites take shapes, not --suite {}",
+            shapes
+                .iter()
+                .map(|&shape| shape_name(shape))
+                .collect::<Vec<_>>()
+                .join(","),
+            args.suite
+                .to_possible_value()
+                .expect("no suite is skipped")
+                .get_name()
+        ),
+        Some(shapes) => shapes
+            .iter()
+            .map(|&shape| UnitShape::custom(shape))
+            .collect(),
+        None => unit_bench_shapes(),
+    };
+    let network_cases = [
+        NetworkCase {
+            backbone: Backbone::ResNet20,
+            input: 32,
+            batch: 64,
+            channels: 3,
+        },
+        NetworkCase {
+            backbone: Backbone::ResNet18,
+            input: args.resnet18_input,
+            batch: 32,
+            channels: 3,
+        },
+    ];
+    // Everything asked for is checked before anything is timed, so a bad option fails at once
+    // instead of after minutes of the suites before it.
+    for shape in &shapes {
+        if wants(Suite::Unit) {
+            shape.check(&[AttentionKind::Ppcr], &device)?;
+        }
+        if wants(Suite::Units) {
+            shape.check(&units, &device)?;
+        }
+    }
+    if wants(Suite::Network) {
+        network_cases[1]
+            .validate()
+            .with_context(|| format!("--resnet18-input {}", args.resnet18_input))?;
+    }
     if wants(Suite::Unit) {
-        let shapes = ppcr::profile::unit_bench_shapes();
-        let results = unit_bench(&shapes, &device, args.warmup, args.runs);
+        let results = unit_bench(&shapes, &device, args.warmup, args.runs)?;
         if !args.json {
             println!(
                 "PPCR unit vs a copy of its input (median of {} runs; ratios: median of per-run ratios)",
@@ -117,13 +175,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .collect();
         report.insert("unit".into(), json!(rows));
     }
-    let units = args
-        .attention
-        .clone()
-        .unwrap_or_else(|| AttentionKind::ALL.to_vec());
     if wants(Suite::Units) {
-        let shapes = ppcr::profile::unit_bench_shapes();
-        let results = zoo_bench(&shapes, &units, &device, args.warmup, args.runs);
+        let results = zoo_bench(&shapes, &units, &device, args.warmup, args.runs)?;
         if !args.json {
             print_zoo_table(&results, "forward / copy", args.runs, |r| r.forward_ratio);
             print_zoo_table(&results, "forward+backward / copy", args.runs, |r| {
@@ -133,23 +186,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         report.insert("units".into(), json!(results));
     }
     if wants(Suite::Network) {
-        let cases = [
-            NetworkCase {
-                backbone: Backbone::ResNet20,
-                input: 32,
-                batch: 64,
-                channels: 3,
-            },
-            NetworkCase {
-                backbone: Backbone::ResNet18,
-                input: args.resnet18_input,
-                batch: 32,
-                channels: 3,
-            },
-        ];
         let mut all = Vec::new();
-        for case in &cases {
-            let results = network_bench(case, &units, &device, args.warmup, args.runs);
+        for case in &network_cases {
+            let results = network_bench(case, &units, &device, args.warmup, args.runs)?;
             if !args.json {
                 println!(
                     "{} at {} px, batch {} (median of {} runs; ratios to none, same run)",
@@ -177,7 +216,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         report.insert("network".into(), json!(all));
     }
     if wants(Suite::EndToEnd) {
-        let result = end_to_end_bench(&device, args.warmup, args.runs);
+        let result = end_to_end_bench(&device, args.warmup, args.runs)?;
         if !args.json {
             println!(
                 "end to end: {}: {:.1} ms/step, {:.0} images/s",
@@ -224,4 +263,64 @@ fn print_zoo_table(results: &[ZooBench], what: &str, runs: usize, ratio: fn(&Zoo
         println!();
     }
     println!();
+}
+
+/// A count that must be positive: timed runs (a median needs one), a batch size.
+pub(super) fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(count) => Ok(count),
+        Err(error) => Err(format!("not a count: {error}")),
+    }
+}
+
+/// `BxCxHxW`, e.g. `64x64x8x8`.
+fn parse_shape(text: &str) -> Result<[usize; 4], String> {
+    let dims: Vec<&str> = text.trim().split(['x', 'X']).collect();
+    let parsed: Result<Vec<usize>, _> =
+        dims.iter().map(|dim| dim.trim().parse::<usize>()).collect();
+    match parsed
+        .ok()
+        .and_then(|dims| <[usize; 4]>::try_from(dims).ok())
+    {
+        Some(shape) if !shape.contains(&0) => Ok(shape),
+        Some(_) => Err("every dimension must be at least 1".into()),
+        None => Err("expected BxCxHxW, four positive integers, e.g. 64x64x8x8".into()),
+    }
+}
+
+/// `[B, C, H, W]` as `--shape` writes it.
+fn shape_name(shape: [usize; 4]) -> String {
+    shape.map(|dim| dim.to_string()).join("x")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_parse_from_four_positive_integers_only() {
+        assert_eq!(parse_shape("64x64x8x8"), Ok([64, 64, 8, 8]));
+        assert_eq!(parse_shape(" 2X16x4x5 "), Ok([2, 16, 4, 5]));
+        assert_eq!(shape_name([2, 16, 4, 5]), "2x16x4x5");
+        for bad in [
+            "64x64x8",
+            "64x64x8x8x1",
+            "64x64x8xa",
+            "",
+            "64,64,8,8",
+            "-1x2x3x4",
+        ] {
+            let error = parse_shape(bad).unwrap_err();
+            assert!(error.contains("BxCxHxW"), "{bad}: {error}");
+        }
+        assert!(parse_shape("0x16x4x4").unwrap_err().contains("at least 1"));
+    }
+
+    #[test]
+    fn a_median_needs_at_least_one_run() {
+        assert_eq!(at_least_one("3"), Ok(3));
+        assert!(at_least_one("0").unwrap_err().contains("at least 1"));
+        assert!(at_least_one("-2").is_err());
+    }
 }

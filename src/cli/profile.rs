@@ -26,7 +26,8 @@ pub struct ProfileArgs {
     #[arg(long = "attn", default_value = "all")]
     attention: String,
     /// Batch size of the timed runs.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8,
+          value_parser = super::bench::at_least_one)]
     batch: usize,
     /// Timed runs per measurement (the median is reported); 0 skips timing.
     #[arg(long, default_value_t = 5)]

@@ -142,8 +142,9 @@ impl ResNetConfig {
             .collect()
     }
 
-    /// Build the model.
-    pub fn init(&self, device: &Device) -> Result<ResNet, ModelError> {
+    /// Whether the configuration can make a model (classes, input channels, input size),
+    /// checked without building one. The attention units' own checks run in [`Self::init`].
+    pub fn validate(&self) -> Result<(), ModelError> {
         if self.num_classes == 0 {
             return Err(ModelError::InvalidConfig(
                 "num_classes must be at least 1".into(),
@@ -160,6 +161,12 @@ impl ResNetConfig {
                 self.input_size
             )));
         }
+        Ok(())
+    }
+
+    /// Build the model.
+    pub fn init(&self, device: &Device) -> Result<ResNet, ModelError> {
+        self.validate()?;
         let spec = self.backbone.spec();
         let stem_width = match spec.family {
             Family::Cifar => spec.stage_widths[0],

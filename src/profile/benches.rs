@@ -9,8 +9,8 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use super::timing::{Timing, median, time_median};
-use crate::attention::{AttentionConfig, AttentionKind, Ppcr, PpcrConfig};
-use crate::models::{Backbone, ResNetConfig};
+use crate::attention::{AttentionConfig, AttentionError, AttentionKind, Ppcr, PpcrConfig};
+use crate::models::{Backbone, ModelError, ResNetConfig};
 use crate::params::count_trainable;
 
 /// A feature-map shape `[B, C, H, W]` a unit is benchmarked at, and where it comes from.
@@ -20,6 +20,42 @@ pub struct UnitShape {
     pub label: String,
     /// `[B, C, H, W]`.
     pub shape: [usize; 4],
+}
+
+impl UnitShape {
+    /// A shape the user asked for, labelled "custom".
+    pub fn custom(shape: [usize; 4]) -> Self {
+        UnitShape {
+            label: "custom".into(),
+            shape,
+        }
+    }
+
+    /// Whether every unit of `kinds` (the identity aside) can be built for this shape with its
+    /// default configuration, so a benchmark fails before it times anything, not halfway.
+    pub fn check(&self, kinds: &[AttentionKind], device: &Device) -> Result<(), AttentionError> {
+        let [batch, channels, height, width] = self.shape;
+        if [batch, channels, height, width].contains(&0) {
+            return Err(AttentionError::ShapeMismatch(format!(
+                "benchmark shape {:?} ({}) has an empty dimension; every one of [B, C, H, W] \
+                 must be at least 1",
+                self.shape, self.label
+            )));
+        }
+        for &kind in kinds.iter().filter(|&&kind| kind != AttentionKind::None) {
+            AttentionConfig::new(kind)
+                .init(channels, [height, width], device)
+                .map_err(|error| {
+                    AttentionError::ShapeMismatch(format!(
+                        "{} cannot be benchmarked at {:?} ({}): {error}",
+                        kind.name(),
+                        self.shape,
+                        self.label
+                    ))
+                })?;
+        }
+        Ok(())
+    }
 }
 
 /// PPCR against a copy of its input at one shape.
@@ -113,7 +149,7 @@ impl UnitCase {
         let make_ppcr = |on: &Device| {
             let mut ppcr = PpcrConfig::new(channels, [height, width])
                 .init(on)
-                .expect("benchmark shapes have enough channels");
+                .expect("unit_bench checks its shapes first");
             let tensor = Tensor::from_data(weights.clone(), on);
             ppcr.pixel_context_weights = Param::from_tensor(if on.is_autodiff() {
                 tensor.require_grad()
@@ -140,12 +176,17 @@ impl UnitCase {
 /// feature-map-sized temporaries slowed the operations that followed it (PPCR forward+backward
 /// at the ResNet-20 stage-1 shape 2.2-2.5 ms with it, 1.5 ms without, on the 2-core build
 /// machine), which a training step never runs.
+///
+/// Fails, before timing anything, when PPCR cannot be built at one of `shapes`.
 pub fn unit_bench(
     shapes: &[UnitShape],
     device: &Device,
     warmup: usize,
     runs: usize,
-) -> Vec<UnitBench> {
+) -> Result<Vec<UnitBench>, AttentionError> {
+    for shape in shapes {
+        shape.check(&[AttentionKind::Ppcr], device)?;
+    }
     let autodiff = device.clone().autodiff();
     let main_samples: Vec<_> = shapes
         .iter()
@@ -174,14 +215,14 @@ pub fn unit_bench(
                 &synced(device, || {
                     let attention = ppcr
                         .reference_attention_map(x.clone())
-                        .expect("benchmark shapes fit");
+                        .expect("the unit was built for this shape");
                     x.clone() * attention
                 }),
             ];
             time_in_turns(&operations, warmup, runs)
         })
         .collect();
-    shapes
+    Ok(shapes
         .iter()
         .zip(main_samples)
         .zip(literal_samples)
@@ -205,7 +246,7 @@ pub fn unit_bench(
                 literal_ratio: median_ratio(literal, paired_forward),
             }
         })
-        .collect()
+        .collect())
 }
 
 /// One attention unit at one shape against a copy of its input.
@@ -234,13 +275,18 @@ pub struct ZooBench {
 /// Each unit takes turns with its own copy, in a rotation of its own: in one shared rotation,
 /// the temporaries of the units composed of many tensor operations slowed the fused ones that
 /// followed them (as the literal formulation did in [`unit_bench`]).
+///
+/// Fails, before timing anything, when a unit cannot be built at one of `shapes`.
 pub fn zoo_bench(
     shapes: &[UnitShape],
     kinds: &[AttentionKind],
     device: &Device,
     warmup: usize,
     runs: usize,
-) -> Vec<ZooBench> {
+) -> Result<Vec<ZooBench>, AttentionError> {
+    for shape in shapes {
+        shape.check(kinds, device)?;
+    }
     let autodiff = device.clone().autodiff();
     let mut results = Vec::new();
     for unit_shape in shapes {
@@ -251,7 +297,7 @@ pub fn zoo_bench(
             let build = |on: &Device| {
                 AttentionConfig::new(kind)
                     .init(channels, [height, width], on)
-                    .expect("benchmark shapes fit every unit")
+                    .expect("zoo_bench checks its shapes first")
             };
             let (unit, unit_train) = (build(device), build(&autodiff));
             let operations: [&dyn Fn(); 3] = [
@@ -271,7 +317,7 @@ pub fn zoo_bench(
             });
         }
     }
-    results
+    Ok(results)
 }
 
 /// Per-call milliseconds of `operations` taking turns ([`round_robin`]), each sample the mean
@@ -310,6 +356,26 @@ pub struct NetworkCase {
     pub channels: usize,
 }
 
+impl NetworkCase {
+    /// The network with `kind` in every block and 10 classes, as the benchmarks build it.
+    pub fn config(&self, kind: AttentionKind) -> ResNetConfig {
+        ResNetConfig::new(self.backbone, AttentionConfig::new(kind), 10)
+            .with_in_channels(self.channels)
+            .with_input_size(self.input)
+    }
+
+    /// Whether the case can be built and timed at all (input size, channels, a batch), checked
+    /// without building it.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.batch == 0 {
+            return Err(ModelError::InvalidConfig(
+                "the benchmark batch must be at least 1".into(),
+            ));
+        }
+        self.config(AttentionKind::None).validate()
+    }
+}
+
 /// One unit in one network against the same network without attention.
 #[derive(Debug, Clone, Serialize)]
 pub struct NetworkBench {
@@ -342,7 +408,8 @@ pub fn network_bench(
     device: &Device,
     warmup: usize,
     runs: usize,
-) -> Vec<NetworkBench> {
+) -> Result<Vec<NetworkBench>, ModelError> {
+    case.validate()?;
     let autodiff = device.clone().autodiff();
     let mut kinds = vec![AttentionKind::None];
     kinds.extend(units.iter().copied().filter(|k| *k != AttentionKind::None));
@@ -356,19 +423,14 @@ pub fn network_bench(
     let train_images = Tensor::<4>::from_data(images.to_data(), &autodiff);
     let targets =
         Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [case.batch]), &autodiff);
-    let mut networks: Vec<_> = kinds
+    let mut networks = kinds
         .iter()
         .map(|&kind| {
             autodiff.seed(0);
-            let config = ResNetConfig::new(case.backbone, AttentionConfig::new(kind), 10)
-                .with_in_channels(case.channels)
-                .with_input_size(case.input);
-            let model = config
-                .init(&autodiff)
-                .expect("benchmark configurations are valid");
-            (model, SgdConfig::new().init())
+            let model = case.config(kind).init(&autodiff)?;
+            Ok((model, SgdConfig::new().init()))
         })
-        .collect();
+        .collect::<Result<Vec<_>, ModelError>>()?;
     let params: Vec<usize> = networks
         .iter()
         .map(|(model, _)| count_trainable(model))
@@ -386,7 +448,7 @@ pub fn network_bench(
         sync(device);
         drop(logits);
     });
-    kinds
+    Ok(kinds
         .into_iter()
         .enumerate()
         .map(|(index, attention)| NetworkBench {
@@ -398,7 +460,7 @@ pub fn network_bench(
             train_ratio: median_ratio(&train_step[index], &train_step[0]),
             inference_ratio: median_ratio(&inference[index], &inference[0]),
         })
-        .collect()
+        .collect())
 }
 
 /// Milliseconds of `runs` timed rounds (after `warmup` untimed ones) of `operation` on each of
@@ -442,20 +504,24 @@ pub struct EndToEndBench {
 
 /// Training images/s of ResNet-20 + PPCR on 28 px grey images, batch 32 (the default command's
 /// model), batch assembly excluded.
-pub fn end_to_end_bench(device: &Device, warmup: usize, runs: usize) -> EndToEndBench {
+pub fn end_to_end_bench(
+    device: &Device,
+    warmup: usize,
+    runs: usize,
+) -> Result<EndToEndBench, ModelError> {
     let case = NetworkCase {
         backbone: Backbone::ResNet20,
         input: 28,
         batch: 32,
         channels: 1,
     };
-    let bench = network_bench(&case, &[AttentionKind::Ppcr], device, warmup, runs);
+    let bench = network_bench(&case, &[AttentionKind::Ppcr], device, warmup, runs)?;
     let step = bench[1].train_step;
-    EndToEndBench {
+    Ok(EndToEndBench {
         description: "resnet20 + ppcr, 28x28x1, batch 32, SGD step".into(),
         step,
         images_per_second: case.batch as f64 / (step.median_ms / 1e3),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -472,7 +538,7 @@ mod tests {
     #[test]
     fn the_zoo_bench_times_each_unit_but_the_identity_against_its_own_copy() {
         let kinds = [AttentionKind::None, AttentionKind::Se, AttentionKind::Ppcr];
-        let results = zoo_bench(&tiny_shape(), &kinds, &Device::default(), 0, 1);
+        let results = zoo_bench(&tiny_shape(), &kinds, &Device::default(), 0, 1).unwrap();
         let timed: Vec<_> = results.iter().map(|r| r.attention).collect();
         assert_eq!(timed, [AttentionKind::Se, AttentionKind::Ppcr]);
         for r in &results {
@@ -486,7 +552,7 @@ mod tests {
 
     #[test]
     fn the_unit_bench_pairs_the_literal_formulation_with_its_own_forward() {
-        let results = unit_bench(&tiny_shape(), &Device::default(), 0, 1);
+        let results = unit_bench(&tiny_shape(), &Device::default(), 0, 1).unwrap();
         assert_eq!(results.len(), 1);
         let r = &results[0];
         assert!(r.reference_forward.median_ms > 0.0 && r.copy_forward_backward.median_ms > 0.0);

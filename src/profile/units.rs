@@ -46,6 +46,9 @@ pub fn profile_units(
     timing: Option<(usize, usize)>,
     device: &Device,
 ) -> Result<Vec<UnitProfile>, ModelError> {
+    if timing.is_some() {
+        case.validate()?;
+    }
     let mut kinds = vec![AttentionKind::None];
     kinds.extend(units.iter().copied().filter(|k| *k != AttentionKind::None));
     let mut rows: Vec<UnitProfile> = Vec::with_capacity(kinds.len());
@@ -74,7 +77,7 @@ pub fn profile_units(
         });
     }
     if let Some((warmup, runs)) = timing {
-        let timings = network_bench(case, &kinds, device, warmup, runs);
+        let timings = network_bench(case, &kinds, device, warmup, runs)?;
         for (row, timed) in rows.iter_mut().zip(timings) {
             debug_assert_eq!(row.attention, timed.attention);
             row.forward_ms = Some(timed.inference.median_ms);
