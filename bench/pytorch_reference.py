@@ -20,7 +20,7 @@ On a GPU (--device cuda), every timed operation ends with torch.cuda.synchronize
 ends with a device sync.
 
 Usage: python3 bench/pytorch_reference.py [--threads 2] [--runs 7] [--warmup 2] [--device cpu]
-       [--json]
+       [--suites unit,network,end-to-end] [--json]
 Needs only `torch` (pip install torch). Not part of CI.
 """
 
@@ -213,7 +213,13 @@ def main():
     parser.add_argument("--resnet18-input", type=int, default=112)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--suites", default="unit,network,end-to-end",
+                        help="comma-separated: unit, network, end-to-end")
     args = parser.parse_args()
+    suites = set(args.suites.split(","))
+    unknown = suites - {"unit", "network", "end-to-end"}
+    if unknown:
+        parser.error(f"unknown suites {sorted(unknown)}; valid: unit, network, end-to-end")
     global DEVICE
     DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -221,15 +227,16 @@ def main():
     if DEVICE.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(DEVICE)
 
-    report["unit"] = unit_bench(args.warmup, args.runs)
+    report["unit"] = unit_bench(args.warmup, args.runs) if "unit" in suites else []
     report["network"] = (
         network_bench("resnet20", 32, 64, 3, args.warmup, args.runs)
         + network_bench("resnet18", args.resnet18_input, 32, 3, args.warmup, args.runs)
-    )
-    end = network_bench("resnet20", 28, 32, 1, args.warmup, args.runs, units=("ppcr",))[0]
-    report["end_to_end"] = {"description": "resnet20 + ppcr, 28x28x1, batch 32, SGD step",
-                            "step": end["train_step"],
-                            "images_per_second": 32 / (end["train_step"]["median_ms"] / 1e3)}
+    ) if "network" in suites else []
+    if "end-to-end" in suites:
+        end = network_bench("resnet20", 28, 32, 1, args.warmup, args.runs, units=("ppcr",))[0]
+        report["end_to_end"] = {"description": "resnet20 + ppcr, 28x28x1, batch 32, SGD step",
+                                "step": end["train_step"],
+                                "images_per_second": 32 / (end["train_step"]["median_ms"] / 1e3)}
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -250,6 +257,8 @@ def main():
               f"{r['params']:>10} {r['train_step']['median_ms']:>10.1f} "
               f"{r['train_ratio']:>7.3f} {r['inference']['median_ms']:>10.1f} "
               f"{r['inference_ratio']:>7.3f}")
+    if "end_to_end" not in report:
+        return
     e = report["end_to_end"]
     print(f"\nend to end: {e['description']}: {e['step']['median_ms']:.1f} ms/step, "
           f"{e['images_per_second']:.0f} images/s")

@@ -13,6 +13,8 @@ pub mod data;
 pub mod explain;
 #[doc(hidden)]
 pub mod fuzzing;
+#[doc(hidden)]
+pub(crate) mod kernels;
 pub mod metrics;
 pub mod models;
 pub mod params;

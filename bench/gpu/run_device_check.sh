@@ -65,7 +65,7 @@ step 120 $B bench --suite unit --device cuda --runs 7 --warmup 2
 step 200 $B train --device cuda --epochs 2 --out /tmp/run-cuda
 kill $SAMPLER
 grep "^Fastest result" /tmp/cubecl.log | cut -c1-160 > $OUT/autotune.txt
-# PPCR's two thread layouts timed by autotune for every shape it met (src/attention/ppcr_cube.rs).
+# PPCR's two thread layouts timed by autotune for every shape it met (src/kernels/cube/ppcr.rs).
 grep -A6 "^Fastest result .*LayoutKey" /tmp/cubecl.log > $OUT/ppcr-layouts.txt
 awk '/START_KERNEL_COMPILATION/{getline; print substr($0,1,100)}' /tmp/cubecl.log | sort | uniq -c | sort -rn > $OUT/kernels.txt
 tar czf $OUT/cubecl-env.tgz target/environment && ls -la $OUT/cubecl-env.tgz

@@ -11,7 +11,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor, activation};
 
-use super::cbam_fused;
+use crate::kernels::cpu::cbam as cbam_fused;
 
 /// Configuration of a [`Cbam`] unit.
 #[derive(Config, Debug)]

@@ -12,29 +12,9 @@
 
 use burn::tensor::Tensor;
 
-use super::channel_ops_fused;
+use crate::kernels::cpu::channel_ops as channel_ops_fused;
 
-/// A statistic of each channel plane (the `H x W` values of one sample and channel).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlaneStatistic {
-    /// The mean.
-    Mean,
-    /// The variance about the plane's mean, divided by `max(H W - correction, 1)`
-    /// (`correction = 1` is torch's unbiased `var`; a 1x1 plane divides by 1 instead of 0).
-    Variance {
-        /// Subtracted from the number of values in the denominator.
-        correction: usize,
-    },
-    /// The sum of the squared values.
-    SumOfSquares,
-}
-
-impl PlaneStatistic {
-    /// The divisor of [`PlaneStatistic::Variance`] for planes of `values` values.
-    pub fn variance_divisor(correction: usize, values: usize) -> usize {
-        values.saturating_sub(correction).max(1)
-    }
-}
+pub use crate::kernels::cpu::channel_ops::PlaneStatistic;
 
 /// How a channel attention unit runs its whole-map steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,20 +6,13 @@
 //! them from one name, as timm's `attn_layer` does.
 
 mod cbam;
-mod cbam_fused;
-mod channel_ops;
-mod channel_ops_fused;
+pub(crate) mod channel_ops;
 mod eca;
 mod factory;
 mod gct;
-mod kernels;
 mod ppcr;
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
-mod ppcr_cube;
-mod ppcr_fused;
 mod se;
 mod simam;
-mod simam_fused;
 mod srm;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -19,9 +19,9 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData, activation::sigmoid};
 
 use super::AttentionError;
+use crate::kernels::cpu::ppcr as ppcr_fused;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-use super::ppcr_cube;
-use super::ppcr_fused;
+use crate::kernels::cube::ppcr as ppcr_cube;
 
 /// Configuration of a [`Ppcr`] unit.
 #[derive(Config, Debug)]
@@ -58,16 +58,8 @@ pub struct Ppcr {
     pub resize_to_input: bool,
 }
 
-/// Number of context maps `K = 2^L - 1` of an `L`-level channel pyramid.
-pub fn pyramid_maps(levels: usize) -> usize {
-    (1 << levels) - 1
-}
-
-/// First channel of group `group` when `channels` are split into `groups` contiguous groups:
-/// `floor(C * g / n)`, as the released code's slicing does (so `C` need not divide evenly).
-pub(super) fn group_start(channels: usize, groups: usize, group: usize) -> usize {
-    channels * group / groups
-}
+use crate::kernels::pyramid::group_start;
+pub use crate::kernels::pyramid::pyramid_maps;
 
 impl PpcrConfig {
     /// Build the unit. Fails when a pyramid level would have an empty channel group

@@ -9,7 +9,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Tensor, activation};
 
-use super::simam_fused;
+use crate::kernels::cpu::simam as simam_fused;
 
 /// Configuration of a [`SimAm`] unit.
 #[derive(Config, Debug)]

@@ -11,6 +11,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Identity, Initializer, PaddingConfig2
 use burn::tensor::{Device, Tensor, activation::relu, s};
 use serde::{Deserialize, Serialize};
 
+use super::layers;
 use crate::attention::{Attention, AttentionConfig, AttentionError};
 
 /// How a block's shortcut matches the branch when the shape changes.
@@ -119,7 +120,9 @@ impl Shortcut {
         match self {
             Shortcut::Identity(_) => x,
             Shortcut::ZeroPad(shortcut) => shortcut.forward(x),
-            Shortcut::Projection(shortcut) => shortcut.norm.forward(shortcut.conv.forward(x)),
+            Shortcut::Projection(shortcut) => {
+                layers::batch_norm(&shortcut.norm, layers::conv2d(&shortcut.conv, x), false)
+            }
         }
     }
 }
@@ -205,8 +208,8 @@ impl BasicBlock {
 
     /// The residual branch up to and including the attention unit.
     fn branch(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        self.bn2.forward(self.conv2.forward(out))
+        let out = layers::batch_norm(&self.bn1, layers::conv2d(&self.conv1, x), true);
+        layers::batch_norm(&self.bn2, layers::conv2d(&self.conv2, out), false)
     }
 }
 
@@ -251,9 +254,9 @@ impl Bottleneck {
     }
 
     fn branch(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        let out = relu(self.bn2.forward(self.conv2.forward(out)));
-        self.bn3.forward(self.conv3.forward(out))
+        let out = layers::batch_norm(&self.bn1, layers::conv2d(&self.conv1, x), true);
+        let out = layers::batch_norm(&self.bn2, layers::conv2d(&self.conv2, out), true);
+        layers::batch_norm(&self.bn3, layers::conv2d(&self.conv3, out), false)
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod backbone;
 mod blocks;
+mod layers;
 mod resnet;
 
 pub use backbone::{Backbone, BackboneSpec, BlockKind, Family};

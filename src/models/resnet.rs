@@ -10,12 +10,13 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::{Device, Tensor, activation::relu};
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::blocks::{
     BasicBlock, BlockSpec, Bottleneck, ResidualBlock, ShortcutKind, conv, conv_output_size,
 };
+use super::layers;
 use super::{Backbone, BlockKind, Family, ModelError};
 use crate::attention::{Attention, AttentionConfig};
 
@@ -70,7 +71,7 @@ pub struct Stem {
 impl Stem {
     /// Apply the stem.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.norm.forward(self.conv.forward(x)));
+        let x = layers::batch_norm(&self.norm, layers::conv2d(&self.conv, x), true);
         match &self.pool {
             Some(pool) => pool.forward(x),
             None => x,

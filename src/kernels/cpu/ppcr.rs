@@ -33,11 +33,11 @@ use burn::backend::{
 use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{
+use super::common::{
     assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
     on_flex_f32, sigmoid, unwritten, writable_contiguous,
 };
-use super::ppcr::{group_start, pyramid_maps};
+use crate::kernels::pyramid::{group_start, pyramid_maps};
 
 /// The fused PPCR recalibration as a backend extension operation.
 ///

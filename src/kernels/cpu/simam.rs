@@ -23,7 +23,7 @@ use burn::backend::{
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::kernels::{
+use super::common::{
     assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
     lane_sum, lane_sum_pairs, on_flex_f32, sigmoid, unwritten, writable_contiguous,
 };

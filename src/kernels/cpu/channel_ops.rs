@@ -25,11 +25,32 @@ use burn::backend::{
 use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
-use super::channel_ops::PlaneStatistic;
-use super::kernels::{
+use super::common::{
     assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
     lane_sum, lane_sum_pairs, on_flex_f32, unwritten, writable_contiguous,
 };
+
+/// A statistic of each channel plane (the `H x W` values of one sample and channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaneStatistic {
+    /// The mean.
+    Mean,
+    /// The variance about the plane's mean, divided by `max(H W - correction, 1)`
+    /// (`correction = 1` is torch's unbiased `var`; a 1x1 plane divides by 1 instead of 0).
+    Variance {
+        /// Subtracted from the number of values in the denominator.
+        correction: usize,
+    },
+    /// The sum of the squared values.
+    SumOfSquares,
+}
+
+impl PlaneStatistic {
+    /// The divisor of [`PlaneStatistic::Variance`] for planes of `values` values.
+    pub fn variance_divisor(correction: usize, values: usize) -> usize {
+        values.saturating_sub(correction).max(1)
+    }
+}
 
 /// The fused plane statistics and plane scaling as backend extension operations.
 ///

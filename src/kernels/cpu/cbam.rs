@@ -34,7 +34,7 @@ use burn::backend::{
 use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{
+use super::common::{
     LANES, assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
     lane_max, lane_sum, on_flex_f32, unwritten, writable_contiguous,
 };

@@ -1,0 +1,865 @@
+//! The backbone's 2-D convolution (no groups, no dilation, no bias; any kernel, stride and
+//! symmetric padding) as a CPU kernel on the Flex backend, forward and both backward passes.
+//!
+//! He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016): every ResNet layer but
+//! the classifier is such a convolution, so it decides what a training step costs. burn's Flex
+//! backend runs the forward as tiled im2col plus a matrix product per tile, the input gradient
+//! as a transposed convolution, and the weight gradient as a convolution of the input by the
+//! output gradient with batch and channels swapped: a product of `K = B * Ho * Wo` by a few
+//! outputs per channel pair, the shape matrix kernels handle worst (docs/performance.md).
+//!
+//! Here each pass is one matrix product per sample, on the `gemm` crate burn itself builds on,
+//! with its AVX-512 kernels enabled (the `x86-v4` feature; it picks them at run time):
+//! - forward: `Y_b [Co, N] = W [Co, K] x col(X_b) [K, N]`, with `col` the im2col matrix of
+//!   sample `b` (`K = Ci * kh * kw` rows, `N = Ho * Wo` output pixels);
+//! - input gradient: `dcol = W^T [K, Co] x dY_b [Co, N]`, then col2im adds it into `dX_b`;
+//! - weight gradient: `dW [Co, K] = sum_b dY_b [Co, N] x col(X_b)^T [N, K]`.
+//!
+//! Samples are spread over threads, each product single-threaded (a batch of 1 or 2 gives the
+//! product the threads instead). A pointwise convolution (1x1, stride 1, no padding) uses `X_b`
+//! itself as `col`. The weight gradient sums per thread over a fixed split of the batch and
+//! adds the partial sums in order, so a given thread count gives the same bits every run.
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{
+    Backend, Dispatch, Flex, TensorMetadata, backend_extension, tensor::FloatTensor,
+};
+use burn::tensor::{Shape, Tensor};
+use rayon::prelude::*;
+
+use super::common::{contiguous_values, flex_tensor, on_flex_f32};
+
+/// The convolution as a backend extension operation.
+///
+/// Implemented for `Flex` (forward only) and `Autodiff<Flex>` (forward plus the backward node);
+/// any other backend takes burn's own convolution, which [`fused_available`] decides.
+#[backend_extension(Flex, Autodiff)]
+pub trait ConvOps: Backend {
+    /// `Y = conv2d(X, W)` for `x` of shape `[B, Ci, H, W]` and `weight` of shape
+    /// `[Co, Ci, kh, kw]`, with the given stride and symmetric zero padding `[ph, pw]`.
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self>;
+}
+
+/// Whether [`conv2d`] can run on these tensors: both live on the Flex backend (plain or under
+/// autodiff) and hold `f32` values.
+pub fn fused_available(x: &Tensor<4>, weight: &Tensor<4>) -> bool {
+    on_flex_f32(x) && on_flex_f32(weight)
+}
+
+/// Run the convolution; the caller checks [`fused_available`] and that the input has the
+/// weight's `Ci` channels and is at least as large as the kernel once padded.
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as ConvOps>::conv2d_gemm(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        stride,
+        padding,
+    ))
+}
+
+impl ConvOps for Flex {
+    fn conv2d_gemm(
+        x: FlexTensor,
+        weight: FlexTensor,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FlexTensor {
+        forward(&x, &weight, stride, padding)
+    }
+}
+
+impl<C: CheckpointStrategy> ConvOps for Autodiff<Flex, C> {
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let guards = [x.node(), weight.node()];
+        let x = x.into_primitive();
+        let weight = weight.into_primitive();
+        let output = forward(&x, &weight, stride, padding);
+        match ConvBackward.prepare::<C>(guards).compute_bound().stateful() {
+            // The backward step rebuilds each sample's im2col matrix from `x` instead of keeping
+            // it: `kh * kw` times the input's memory would sit in every layer until the backward.
+            OpsKind::Tracked(prep) => prep.finish(
+                SavedInputs {
+                    x,
+                    weight,
+                    stride,
+                    padding,
+                },
+                output,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+}
+
+/// The autodiff node of [`ConvOps::conv2d_gemm`].
+#[derive(Debug)]
+struct ConvBackward;
+
+/// The forward inputs (shared, not copied) and the settings.
+#[derive(Debug, Clone)]
+struct SavedInputs {
+    x: FlexTensor,
+    weight: FlexTensor,
+    stride: [usize; 2],
+    padding: [usize; 2],
+}
+
+impl Backward<Flex, 2> for ConvBackward {
+    type State = SavedInputs;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [x_node, weight_node] = ops.parents;
+        let grad_output = grads.consume::<Flex>(&ops.node);
+        let state = ops.state;
+        let geometry = Geometry::of(
+            &state.x.shape(),
+            &state.weight.shape(),
+            state.stride,
+            state.padding,
+        );
+        let x = contiguous_values(&state.x);
+        let weight = contiguous_values(&state.weight);
+        let grad_output = contiguous_values(&grad_output);
+        let mut grad_x = x_node
+            .is_some()
+            .then(|| vec![0.0f32; geometry.batch * geometry.in_sample_len()]);
+        let grad_weight = backward(
+            &geometry,
+            &x,
+            &weight,
+            &grad_output,
+            grad_x.as_deref_mut(),
+            weight_node.is_some(),
+        );
+        if let (Some(node), Some(grad_x)) = (x_node, grad_x) {
+            grads.register::<Flex>(node.id, flex_tensor(grad_x, state.x.shape()));
+        }
+        if let (Some(node), Some(grad_weight)) = (weight_node, grad_weight) {
+            grads.register::<Flex>(node.id, flex_tensor(grad_weight, state.weight.shape()));
+        }
+    }
+}
+
+/// Output pixels a product should cover at least (see [`Geometry::samples_per_tile`]).
+const MIN_TILE_COLUMNS: usize = 256;
+
+/// The sizes of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    batch: usize,
+    in_channels: usize,
+    height: usize,
+    width: usize,
+    out_channels: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    out_height: usize,
+    out_width: usize,
+}
+
+impl Geometry {
+    fn of(x: &Shape, weight: &Shape, stride: [usize; 2], padding: [usize; 2]) -> Self {
+        let [batch, in_channels, height, width] = [x[0], x[1], x[2], x[3]];
+        let [out_channels, weight_in, kh, kw] = [weight[0], weight[1], weight[2], weight[3]];
+        assert_eq!(
+            in_channels, weight_in,
+            "conv2d_gemm: input has {in_channels} channels, the weight expects {weight_in}"
+        );
+        assert!(
+            stride[0] > 0 && stride[1] > 0,
+            "conv2d_gemm: stride must be positive"
+        );
+        assert!(
+            height + 2 * padding[0] >= kh && width + 2 * padding[1] >= kw,
+            "conv2d_gemm: a {kh}x{kw} kernel does not fit a padded {height}x{width} input"
+        );
+        Geometry {
+            batch,
+            in_channels,
+            height,
+            width,
+            out_channels,
+            kernel: [kh, kw],
+            stride,
+            padding,
+            out_height: (height + 2 * padding[0] - kh) / stride[0] + 1,
+            out_width: (width + 2 * padding[1] - kw) / stride[1] + 1,
+        }
+    }
+
+    /// Rows of the im2col matrix: `Ci * kh * kw`.
+    fn patch_len(&self) -> usize {
+        self.in_channels * self.kernel[0] * self.kernel[1]
+    }
+
+    /// Output pixels per channel: `Ho * Wo`.
+    fn out_pixels(&self) -> usize {
+        self.out_height * self.out_width
+    }
+
+    fn in_sample_len(&self) -> usize {
+        self.in_channels * self.height * self.width
+    }
+
+    fn out_sample_len(&self) -> usize {
+        self.out_channels * self.out_pixels()
+    }
+
+    /// 1x1, stride 1, no padding: the input is its own im2col matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
+    /// Output columns `lo..hi` whose input column `ox * sw + kx - pw` lies inside the input.
+    fn valid_columns(&self, kx: usize) -> (usize, usize) {
+        let [_, sw] = self.stride;
+        let [_, pw] = self.padding;
+        let lo = if pw > kx { (pw - kx).div_ceil(sw) } else { 0 }.min(self.out_width);
+        let hi = (self.width + pw)
+            .saturating_sub(kx)
+            .div_ceil(sw)
+            .clamp(lo, self.out_width);
+        (lo, hi)
+    }
+
+    /// The input row that output row `oy` reads at kernel row `ky`, if inside the input.
+    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        let row = (oy * self.stride[0] + ky).checked_sub(self.padding[0])?;
+        (row < self.height).then_some(row)
+    }
+
+    /// Samples whose products are taken together, side by side in one matrix: enough that a
+    /// product has at least [`MIN_TILE_COLUMNS`] output pixels (a late stage's 8x8 or 4x4 maps
+    /// alone would make thin products that the matrix kernels run far below their speed).
+    fn samples_per_tile(&self) -> usize {
+        MIN_TILE_COLUMNS
+            .div_ceil(self.out_pixels())
+            .clamp(1, self.batch.max(1))
+    }
+
+    /// Whether tiles go to threads (each product on one thread) or the product gets the
+    /// threads (too few tiles to share out).
+    fn tiles_in_parallel(&self) -> bool {
+        self.batch.div_ceil(self.samples_per_tile()) >= rayon::current_num_threads()
+    }
+
+    fn product_parallelism(&self) -> gemm::Parallelism {
+        if self.tiles_in_parallel() {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(0)
+        }
+    }
+}
+
+/// Where one sample's block of an im2col matrix lies: the matrix's row length (all the tile's
+/// samples side by side) and the sample's first column.
+#[derive(Debug, Clone, Copy)]
+struct ColumnBlock {
+    row_len: usize,
+    offset: usize,
+}
+
+/// Fill one sample's block of `col` (`[Ci * kh * kw, row_len]`, row `(ci * kh + ky) * kw + kx`).
+fn im2col(geometry: &Geometry, sample: &[f32], col: &mut [f32], block: ColumnBlock) {
+    let [kh, kw] = geometry.kernel;
+    let (plane_len, pixels) = (geometry.height * geometry.width, geometry.out_pixels());
+    let (sw, pw, width) = (geometry.stride[1], geometry.padding[1], geometry.width);
+    let mut rows = col.chunks_exact_mut(block.row_len);
+    for plane in sample.chunks_exact(plane_len) {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = rows.next().expect("col has Ci * kh * kw rows");
+                let row = &mut row[block.offset..block.offset + pixels];
+                let (lo, hi) = geometry.valid_columns(kx);
+                for (oy, out) in row.chunks_exact_mut(geometry.out_width).enumerate() {
+                    let Some(iy) = geometry.input_row(oy, ky) else {
+                        out.fill(0.0);
+                        continue;
+                    };
+                    let source = &plane[iy * width..(iy + 1) * width];
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    if sw == 1 {
+                        let start = lo + kx - pw;
+                        out[lo..hi].copy_from_slice(&source[start..start + hi - lo]);
+                    } else {
+                        for (ox, value) in out[lo..hi].iter_mut().enumerate() {
+                            *value = source[(lo + ox) * sw + kx - pw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Add one sample's block of `col` (laid out as [`im2col`] writes it) into the sample's input
+/// gradient `grad`, which this overwrites first.
+fn col2im(geometry: &Geometry, col: &[f32], block: ColumnBlock, grad: &mut [f32]) {
+    let [kh, kw] = geometry.kernel;
+    let (plane_len, pixels) = (geometry.height * geometry.width, geometry.out_pixels());
+    let (sw, pw, width) = (geometry.stride[1], geometry.padding[1], geometry.width);
+    grad.fill(0.0);
+    let mut rows = col.chunks_exact(block.row_len);
+    for plane in grad.chunks_exact_mut(plane_len) {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = rows.next().expect("col has Ci * kh * kw rows");
+                let row = &row[block.offset..block.offset + pixels];
+                let (lo, hi) = geometry.valid_columns(kx);
+                for (oy, values) in row.chunks_exact(geometry.out_width).enumerate() {
+                    let Some(iy) = geometry.input_row(oy, ky) else {
+                        continue;
+                    };
+                    let target = &mut plane[iy * width..(iy + 1) * width];
+                    if sw == 1 {
+                        let start = lo + kx - pw;
+                        let target = &mut target[start..start + hi - lo];
+                        for (t, &v) in target.iter_mut().zip(&values[lo..hi]) {
+                            *t += v;
+                        }
+                    } else {
+                        for (ox, &value) in values[lo..hi].iter().enumerate() {
+                            target[(lo + ox) * sw + kx - pw] += value;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copy the tile's per-sample `[C, N]` blocks (`samples`, consecutive in NCHW order) side by
+/// side into `matrix` (`[C, S * N]`).
+fn gather_tile(samples: &[f32], channels: usize, pixels: usize, matrix: &mut Vec<f32>) {
+    let count = samples.len() / (channels * pixels);
+    matrix.resize(channels * count * pixels, 0.0);
+    for (j, sample) in samples.chunks_exact(channels * pixels).enumerate() {
+        for (c, plane) in sample.chunks_exact(pixels).enumerate() {
+            let at = (c * count + j) * pixels;
+            matrix[at..at + pixels].copy_from_slice(plane);
+        }
+    }
+}
+
+/// The inverse of [`gather_tile`]: write `matrix`'s blocks back to consecutive NCHW samples.
+fn scatter_tile(matrix: &[f32], channels: usize, pixels: usize, samples: &mut [f32]) {
+    let count = samples.len() / (channels * pixels);
+    for (j, sample) in samples.chunks_exact_mut(channels * pixels).enumerate() {
+        for (c, plane) in sample.chunks_exact_mut(pixels).enumerate() {
+            let at = (c * count + j) * pixels;
+            plane.copy_from_slice(&matrix[at..at + pixels]);
+        }
+    }
+}
+
+/// A row-major matrix operand for [`matmul`]: its first value and its row and column strides.
+#[derive(Clone, Copy)]
+struct Operand {
+    values: *const f32,
+    row_stride: usize,
+    column_stride: usize,
+}
+
+impl Operand {
+    /// A row-major `[rows, columns]` matrix.
+    fn rows(values: &[f32], columns: usize) -> Self {
+        Operand {
+            values: values.as_ptr(),
+            row_stride: columns,
+            column_stride: 1,
+        }
+    }
+
+    /// The transpose of a row-major `[rows, columns]` matrix.
+    fn transposed(values: &[f32], columns: usize) -> Self {
+        Operand {
+            values: values.as_ptr(),
+            row_stride: 1,
+            column_stride: columns,
+        }
+    }
+}
+
+/// `dst [m, n] (+)= lhs [m, k] x rhs [k, n]` with `dst` row-major; adds to `dst` when
+/// `accumulate`, else overwrites it.
+///
+/// # Safety
+/// `dst` must hold `m * n` values, and `lhs` and `rhs` must address `m x k` and `k x n`
+/// values through their strides.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    dst: *mut f32,
+    [m, n, k]: [usize; 3],
+    lhs: Operand,
+    rhs: Operand,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: as the caller guarantees; gemm reads `dst` only when `accumulate`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            accumulate,
+            lhs.values,
+            lhs.column_stride as isize,
+            lhs.row_stride as isize,
+            rhs.values,
+            rhs.column_stride as isize,
+            rhs.row_stride as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// `Y = conv2d(X, W)`.
+fn forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> FlexTensor {
+    let geometry = Geometry::of(&x.shape(), &weight.shape(), stride, padding);
+    let x = contiguous_values(x);
+    let weight = contiguous_values(weight);
+    let mut output = vec![0.0f32; geometry.batch * geometry.out_sample_len()];
+    let (k, pixels) = (geometry.patch_len(), geometry.out_pixels());
+    let parallelism = geometry.product_parallelism();
+    let tile = |scratch: &mut Scratch, (input, out): (&[f32], &mut [f32])| {
+        let count = input.len() / geometry.in_sample_len();
+        let columns = count * pixels;
+        let rhs = if geometry.is_pointwise() && count == 1 {
+            input
+        } else {
+            scratch.col.resize(k * columns, 0.0);
+            for (j, sample) in input.chunks_exact(geometry.in_sample_len()).enumerate() {
+                let block = ColumnBlock {
+                    row_len: columns,
+                    offset: j * pixels,
+                };
+                im2col(&geometry, sample, &mut scratch.col, block);
+            }
+            scratch.col.as_slice()
+        };
+        let dst = if count == 1 {
+            out.as_mut_ptr()
+        } else {
+            scratch.matrix.resize(geometry.out_channels * columns, 0.0);
+            scratch.matrix.as_mut_ptr()
+        };
+        // SAFETY: `dst` holds `Co * S N` values, `weight` is `[Co, K]` and `rhs` `[K, S N]`.
+        unsafe {
+            matmul(
+                dst,
+                [geometry.out_channels, columns, k],
+                Operand::rows(&weight, k),
+                Operand::rows(rhs, columns),
+                false,
+                parallelism,
+            )
+        }
+        if count > 1 {
+            scatter_tile(&scratch.matrix, geometry.out_channels, pixels, out);
+        }
+    };
+    let samples = geometry.samples_per_tile();
+    let (in_len, out_len) = (
+        samples * geometry.in_sample_len(),
+        samples * geometry.out_sample_len(),
+    );
+    if geometry.tiles_in_parallel() {
+        x.par_chunks(in_len)
+            .zip(output.par_chunks_mut(out_len))
+            .for_each_init(Scratch::default, tile);
+    } else {
+        let mut scratch = Scratch::default();
+        x.chunks(in_len)
+            .zip(output.chunks_mut(out_len))
+            .for_each(|pair| tile(&mut scratch, pair));
+    }
+    flex_tensor(
+        output,
+        Shape::new([
+            geometry.batch,
+            geometry.out_channels,
+            geometry.out_height,
+            geometry.out_width,
+        ]),
+    )
+}
+
+/// Buffers a thread reuses from tile to tile: the im2col matrix (or its gradient) and a
+/// `[C, S * N]` matrix of the tile's outputs (or output gradients) side by side.
+#[derive(Default)]
+struct Scratch {
+    col: Vec<f32>,
+    matrix: Vec<f32>,
+}
+
+/// `dX` (when `grad_x` is given) and `dW` (when `want_weight`): per tile of samples,
+/// `dcol = W^T x dY_tile` folded back onto the input by col2im, and
+/// `dW += dY_tile x col(X_tile)^T`. The weight gradient is summed per thread over a fixed split
+/// of the tiles, the partial sums added in order.
+fn backward(
+    geometry: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    grad_output: &[f32],
+    mut grad_x: Option<&mut [f32]>,
+    want_weight: bool,
+) -> Option<Vec<f32>> {
+    let (k, pixels) = (geometry.patch_len(), geometry.out_pixels());
+    let parallelism = geometry.product_parallelism();
+    let samples = geometry.samples_per_tile();
+    let tiles = geometry.batch.div_ceil(samples);
+    let parts = if geometry.tiles_in_parallel() {
+        rayon::current_num_threads().min(tiles)
+    } else {
+        1
+    };
+    let tiles_per_part = tiles.div_ceil(parts);
+    let (in_len, out_len) = (geometry.in_sample_len(), geometry.out_sample_len());
+    // Each part owns its tiles' slice of `dX`, handed out before the threads start.
+    let mut grad_x_parts: Vec<Option<&mut [f32]>> = (0..parts)
+        .map(|part| {
+            let first = (part * tiles_per_part * samples).min(geometry.batch);
+            let last = ((part + 1) * tiles_per_part * samples).min(geometry.batch);
+            grad_x.as_mut().map(|grad| {
+                let rest = std::mem::take(grad);
+                let (mine, rest) = rest.split_at_mut((last - first) * in_len);
+                *grad = rest;
+                mine
+            })
+        })
+        .collect();
+    let part_work = |(part, mut grad_x): (usize, Option<&mut [f32]>)| -> Option<Vec<f32>> {
+        let mut sum = want_weight.then(|| vec![0.0f32; geometry.out_channels * k]);
+        let mut scratch = Scratch::default();
+        let first = (part * tiles_per_part * samples).min(geometry.batch);
+        let last = ((part + 1) * tiles_per_part * samples).min(geometry.batch);
+        let mut started = false;
+        for tile_first in (first..last).step_by(samples) {
+            let count = samples.min(last - tile_first);
+            let columns = count * pixels;
+            let dy_tile = &grad_output[tile_first * out_len..(tile_first + count) * out_len];
+            let dy = if count == 1 {
+                dy_tile
+            } else {
+                gather_tile(dy_tile, geometry.out_channels, pixels, &mut scratch.matrix);
+                scratch.matrix.as_slice()
+            };
+            if let Some(grad_x) = grad_x.as_deref_mut() {
+                let dx_tile = &mut grad_x
+                    [(tile_first - first) * in_len..(tile_first - first + count) * in_len];
+                let lhs = Operand::transposed(weight, k);
+                if geometry.is_pointwise() && count == 1 {
+                    // SAFETY: `dx_tile` holds `Ci * N` values (`K = Ci`); `W^T` is `[K, Co]`.
+                    unsafe {
+                        matmul(
+                            dx_tile.as_mut_ptr(),
+                            [k, columns, geometry.out_channels],
+                            lhs,
+                            Operand::rows(dy, columns),
+                            false,
+                            parallelism,
+                        )
+                    }
+                } else {
+                    scratch.col.resize(k * columns, 0.0);
+                    // SAFETY: `col` holds `K * S N` values; `dy` is `[Co, S N]`.
+                    unsafe {
+                        matmul(
+                            scratch.col.as_mut_ptr(),
+                            [k, columns, geometry.out_channels],
+                            lhs,
+                            Operand::rows(dy, columns),
+                            false,
+                            parallelism,
+                        )
+                    }
+                    for (j, dx) in dx_tile.chunks_exact_mut(in_len).enumerate() {
+                        let block = ColumnBlock {
+                            row_len: columns,
+                            offset: j * pixels,
+                        };
+                        col2im(geometry, &scratch.col, block, dx);
+                    }
+                }
+            }
+            if let Some(sum) = sum.as_mut() {
+                let x_tile = &x[tile_first * in_len..(tile_first + count) * in_len];
+                let col = if geometry.is_pointwise() && count == 1 {
+                    x_tile
+                } else {
+                    scratch.col.resize(k * columns, 0.0);
+                    for (j, sample) in x_tile.chunks_exact(in_len).enumerate() {
+                        let block = ColumnBlock {
+                            row_len: columns,
+                            offset: j * pixels,
+                        };
+                        im2col(geometry, sample, &mut scratch.col, block);
+                    }
+                    scratch.col.as_slice()
+                };
+                // SAFETY: `sum` holds `Co * K` values, `dy` is `[Co, S N]`, `col^T` `[S N, K]`.
+                unsafe {
+                    matmul(
+                        sum.as_mut_ptr(),
+                        [geometry.out_channels, k, columns],
+                        Operand::rows(dy, columns),
+                        Operand::transposed(col, columns),
+                        started,
+                        parallelism,
+                    )
+                }
+                started = true;
+            }
+        }
+        sum
+    };
+    let partials: Vec<Option<Vec<f32>>> = if parts > 1 {
+        grad_x_parts
+            .drain(..)
+            .enumerate()
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(part_work)
+            .collect()
+    } else {
+        grad_x_parts.drain(..).enumerate().map(part_work).collect()
+    };
+    let mut partials = partials.into_iter().flatten();
+    let mut total = partials.next()?;
+    for part in partials {
+        for (t, p) in total.iter_mut().zip(&part) {
+            *t += p;
+        }
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::testing::{assert_matches_reference, device, random_tensor, values};
+    use burn::tensor::TensorData;
+    use burn::tensor::module::conv2d as burn_conv2d;
+    use burn::tensor::ops::ConvOptions;
+
+    /// burn's own convolution, the reference.
+    fn reference(
+        x: Tensor<4>,
+        weight: Tensor<4>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> Tensor<4> {
+        burn_conv2d(
+            x,
+            weight,
+            None,
+            ConvOptions::new(stride, padding, [1, 1], 1),
+        )
+    }
+
+    /// `(x shape, weight shape, stride, padding)`.
+    type Case = ([usize; 4], [usize; 4], [usize; 2], [usize; 2]);
+
+    /// Test cases: channels not a multiple of 8, odd and
+    /// non-square maps, strides 1 and 2 (and mixed), 1x1, 3x3 and 7x7 kernels, batches of 1, 2,
+    /// 3, 4, 5 and 9. Small maps put a whole batch into one product, which then gets the
+    /// threads; the last three put one sample (maps of at least 256 pixels) or four (8x8) into
+    /// each product and spread the products over the threads.
+    const CASES: [Case; 11] = [
+        ([3, 5, 9, 7], [6, 5, 3, 3], [1, 1], [1, 1]),
+        ([1, 5, 9, 7], [6, 5, 3, 3], [2, 2], [1, 1]),
+        ([3, 7, 10, 11], [4, 7, 3, 3], [2, 2], [1, 1]),
+        ([3, 6, 5, 5], [9, 6, 1, 1], [1, 1], [0, 0]),
+        ([3, 6, 9, 9], [9, 6, 1, 1], [2, 2], [0, 0]),
+        ([2, 3, 15, 13], [5, 3, 7, 7], [2, 2], [3, 3]),
+        ([3, 4, 6, 6], [3, 4, 3, 3], [1, 1], [0, 0]),
+        ([5, 11, 8, 8], [13, 11, 3, 3], [1, 2], [1, 0]),
+        ([3, 5, 17, 16], [4, 5, 3, 3], [1, 1], [1, 1]),
+        ([4, 6, 16, 17], [5, 6, 1, 1], [1, 1], [0, 0]),
+        ([9, 3, 8, 8], [4, 3, 3, 3], [1, 1], [1, 1]),
+    ];
+
+    #[test]
+    fn the_kernel_is_taken_on_flex_with_and_without_autodiff() {
+        for device in [device(), device().autodiff()] {
+            let x = random_tensor([1, 2, 3, 3], 1, &device);
+            let w = random_tensor([1, 2, 1, 1], 2, &device);
+            assert!(fused_available(&x, &w));
+        }
+    }
+
+    #[test]
+    fn forward_matches_burns_convolution_on_odd_shapes() {
+        let device = device();
+        for (case, (x_shape, w_shape, stride, padding)) in CASES.into_iter().enumerate() {
+            let x = random_tensor(x_shape, 2 * case as u64, &device);
+            let w = random_tensor(w_shape, 2 * case as u64 + 1, &device);
+            let expected = reference(x.clone(), w.clone(), stride, padding);
+            let actual = conv2d(x, w, stride, padding);
+            assert_eq!(actual.dims(), expected.dims(), "case {case}");
+            assert_matches_reference(
+                &values(actual),
+                &values(expected),
+                1e-5,
+                &format!("case {case} output"),
+            );
+        }
+    }
+
+    #[test]
+    fn gradients_match_burns_autodiff_on_odd_shapes() {
+        let device = device().autodiff();
+        for (case, (x_shape, w_shape, stride, padding)) in CASES.into_iter().enumerate() {
+            let x = random_tensor(x_shape, 2 * case as u64, &device);
+            let w = random_tensor(w_shape, 2 * case as u64 + 1, &device);
+            let out_dims = reference(x.clone(), w.clone(), stride, padding).dims();
+            let probe = random_tensor(out_dims, 100 + case as u64, &device);
+            let gradients = |kernel: bool| {
+                let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
+                let y = if kernel {
+                    conv2d(x.clone(), w.clone(), stride, padding)
+                } else {
+                    reference(x.clone(), w.clone(), stride, padding)
+                };
+                let grads = (y * probe.clone()).sum().backward();
+                (
+                    values(x.grad(&grads).unwrap()),
+                    values(w.grad(&grads).unwrap()),
+                )
+            };
+            let (dx, dw) = gradients(true);
+            let (dx_ref, dw_ref) = gradients(false);
+            assert_matches_reference(&dx, &dx_ref, 1e-5, &format!("case {case} dX"));
+            assert_matches_reference(&dw, &dw_ref, 1e-5, &format!("case {case} dW"));
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let device = device().autodiff();
+        let (stride, padding) = ([2, 1], [1, 1]);
+        let (x_shape, w_shape, y_shape) = ([2, 3, 5, 4], [4, 3, 3, 3], [2, 4, 3, 4]);
+        let x_values: Vec<f64> = (0..2 * 3 * 5 * 4)
+            .map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0)
+            .collect();
+        let w_values: Vec<f64> = (0..4 * 3 * 3 * 3)
+            .map(|i| ((i * 19 % 17) as f64 - 8.0) / 9.0)
+            .collect();
+        let probe: Vec<f32> = (0..2 * 4 * 3 * 4)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+            .collect();
+        let tensor = |values: &[f64], shape: [usize; 4]| {
+            let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            Tensor::<4>::from_data(TensorData::new(values, shape), &device)
+        };
+        let loss = |x: &[f64], w: &[f64]| -> f64 {
+            let y = conv2d(tensor(x, x_shape), tensor(w, w_shape), stride, padding);
+            let probe = Tensor::<4>::from_data(TensorData::new(probe.clone(), y_shape), &device);
+            (y * probe).sum().into_scalar::<f32>() as f64
+        };
+        let x = tensor(&x_values, x_shape).require_grad();
+        let w = tensor(&w_values, w_shape).require_grad();
+        let probe_tensor = Tensor::<4>::from_data(TensorData::new(probe.clone(), y_shape), &device);
+        let grads = (conv2d(x.clone(), w.clone(), stride, padding) * probe_tensor)
+            .sum()
+            .backward();
+        let dx = values(x.grad(&grads).unwrap());
+        let dw = values(w.grad(&grads).unwrap());
+        // The loss is linear in each input, so a central difference is exact up to rounding.
+        let step = 0.25;
+        for i in 0..x_values.len() {
+            let (mut plus, mut minus) = (x_values.clone(), x_values.clone());
+            plus[i] += step;
+            minus[i] -= step;
+            let numeric = (loss(&plus, &w_values) - loss(&minus, &w_values)) / (2.0 * step);
+            assert!(
+                (numeric - dx[i] as f64).abs() < 1e-3,
+                "dX {i}: {numeric} vs {}",
+                dx[i]
+            );
+        }
+        for i in 0..w_values.len() {
+            let (mut plus, mut minus) = (w_values.clone(), w_values.clone());
+            plus[i] += step;
+            minus[i] -= step;
+            let numeric = (loss(&x_values, &plus) - loss(&x_values, &minus)) / (2.0 * step);
+            assert!(
+                (numeric - dw[i] as f64).abs() < 1e-3,
+                "dW {i}: {numeric} vs {}",
+                dw[i]
+            );
+        }
+    }
+
+    #[test]
+    fn a_hand_computed_case() {
+        // A 3x3 input 1..9 and a 2x2 kernel [[1, 2], [3, 4]], stride 1, no padding:
+        // y(0,0) = 1*1 + 2*2 + 4*3 + 5*4 = 37, then 47, 67, 77.
+        let device = device();
+        let x = Tensor::<4>::from_data(
+            TensorData::new((1..=9).map(|v| v as f32).collect::<Vec<_>>(), [1, 1, 3, 3]),
+            &device,
+        );
+        let w = Tensor::<4>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [1, 1, 2, 2]),
+            &device,
+        );
+        assert_eq!(
+            values(conv2d(x.clone(), w.clone(), [1, 1], [0, 0])),
+            vec![37.0, 47.0, 67.0, 77.0]
+        );
+        // Padding 1, stride 2: outputs at input rows/columns -1 and 1; the top-left sees only
+        // x(0,0) under w(1,1): 1 * 4 = 4.
+        let y = values(conv2d(x, w, [2, 2], [1, 1]));
+        assert_eq!(
+            y,
+            vec![
+                4.0,
+                6.0 + 12.0,
+                8.0 + 28.0,
+                1.0 * 5.0 + 2.0 * 6.0 + 3.0 * 8.0 + 4.0 * 9.0
+            ]
+        );
+    }
+}
