@@ -10,7 +10,7 @@ use super::device::DeviceArgs;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
 use ppcr::profile::{
-    NetworkCase, UnitShape, ZooBench, end_to_end_bench, network_bench, unit_bench,
+    NetworkCase, UnitShape, ZooBench, end_to_end_bench, network_bench, step_bench, unit_bench,
     unit_bench_shapes, zoo_bench,
 };
 
@@ -30,6 +30,9 @@ pub enum Suite {
     /// Train the default model for --minutes and record resident memory per epoch (not part
     /// of `all`).
     Soak,
+    /// Only training steps of one network (--backbone, --input, --batch; at most one --attn
+    /// unit, default none), for a profiler to attach to (not part of `all`).
+    Step,
 }
 
 /// Options of `ppcr bench`.
@@ -64,16 +67,80 @@ pub struct BenchArgs {
     /// Where the soak run writes its memory curve (epoch, seconds, resident MiB).
     #[arg(long, default_value = "soak.csv")]
     soak_csv: PathBuf,
+    /// Backbone of the step suite [default: resnet20].
+    #[arg(long)]
+    backbone: Option<Backbone>,
+    /// Input size in pixels of the step suite [default: 32].
+    #[arg(long)]
+    input: Option<usize>,
+    /// Batch size of the step suite [default: 64].
+    #[arg(long, value_parser = at_least_one)]
+    batch: Option<usize>,
     #[command(flatten)]
     device: DeviceArgs,
 }
 
+/// Refuse the step suite's options with any other suite, and the others' with it.
+fn check_suite_options(args: &BenchArgs) -> anyhow::Result<()> {
+    let step_only = [
+        ("--backbone", args.backbone.is_some()),
+        ("--input", args.input.is_some()),
+        ("--batch", args.batch.is_some()),
+    ];
+    if args.suite != Suite::Step {
+        if let Some((flag, _)) = step_only.iter().find(|(_, given)| *given) {
+            anyhow::bail!("{flag} is an option of --suite step only");
+        }
+        return Ok(());
+    }
+    let others = [("--shape", args.shapes.is_some()), ("--json", args.json)];
+    if let Some((flag, _)) = others.iter().find(|(_, given)| *given) {
+        anyhow::bail!("--suite step does not take {flag}");
+    }
+    if args.attention.as_ref().is_some_and(|units| units.len() > 1) {
+        anyhow::bail!("--suite step times one network: give at most one --attn unit");
+    }
+    Ok(())
+}
+
+/// `ppcr bench --suite step`.
+fn run_step(args: &BenchArgs, device: &burn::tensor::Device) -> anyhow::Result<()> {
+    let case = NetworkCase {
+        backbone: args.backbone.unwrap_or(Backbone::ResNet20),
+        input: args.input.unwrap_or(32),
+        batch: args.batch.unwrap_or(64),
+        channels: 3,
+    };
+    let kind = args
+        .attention
+        .as_ref()
+        .and_then(|units| units.first().copied())
+        .unwrap_or(AttentionKind::None);
+    let timing = step_bench(&case, kind, device, args.warmup, args.runs)
+        .with_context(|| format!("--suite step with {} at {} px", case.backbone, case.input))?;
+    println!(
+        "{} + {} at {} px, batch {}: training step {:.1} ms (median of {} runs, {} warm-up)",
+        case.backbone,
+        kind.name(),
+        case.input,
+        case.batch,
+        timing.median_ms,
+        args.runs,
+        args.warmup
+    );
+    Ok(())
+}
+
 /// Run `ppcr bench`.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    check_suite_options(args)?;
     if args.suite == Suite::Soak {
         return super::soak::run(args.minutes, &args.soak_csv, &args.device.device()?);
     }
     let device = args.device.device()?;
+    if args.suite == Suite::Step {
+        return run_step(args, &device);
+    }
     let mut report = serde_json::Map::new();
     let wants = |suite| args.suite == suite || args.suite == Suite::All;
     let units = args

@@ -4,13 +4,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{GradientsParams, SgdConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use super::timing::{Timing, median, time_median};
 use crate::attention::{AttentionConfig, AttentionError, AttentionKind, Ppcr, PpcrConfig};
-use crate::models::{Backbone, ModelError, ResNetConfig};
+use crate::models::{Backbone, ModelError, ResNet, ResNetConfig};
 use crate::params::count_trainable;
 
 /// A feature-map shape `[B, C, H, W]` a unit is benchmarked at, and where it comes from.
@@ -419,7 +419,6 @@ pub fn network_bench(
         device,
     );
     let labels: Vec<i64> = (0..case.batch as i64).map(|i| i % 10).collect();
-    let loss_fn = CrossEntropyLossConfig::new().init(&autodiff);
     let train_images = Tensor::<4>::from_data(images.to_data(), &autodiff);
     let targets =
         Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [case.batch]), &autodiff);
@@ -437,10 +436,7 @@ pub fn network_bench(
         .collect();
     let train_step = round_robin(networks.len(), warmup, runs, |index| {
         let (model, optimizer) = &mut networks[index];
-        let loss = loss_fn.forward(model.forward(train_images.clone()), targets.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &*model);
-        *model = optimizer.step(0.01, model.clone(), grads);
-        sync(&autodiff);
+        training_step(model, optimizer, &train_images, &targets);
     });
     let inference_models: Vec<_> = networks.iter().map(|(model, _)| model.valid()).collect();
     let inference = round_robin(inference_models.len(), warmup, runs, |index| {
@@ -461,6 +457,49 @@ pub fn network_bench(
             inference_ratio: median_ratio(&inference[index], &inference[0]),
         })
         .collect())
+}
+
+/// One SGD step (learning rate 0.01, no momentum) of `model` on one batch: forward,
+/// cross-entropy, backward, update, then a device sync.
+fn training_step(
+    model: &mut ResNet,
+    optimizer: &mut ModuleOptimizer,
+    images: &Tensor<4>,
+    targets: &Tensor<1, Int>,
+) {
+    let device = images.device();
+    let loss = CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(model.forward(images.clone()), targets.clone());
+    let grads = GradientsParams::from_grads(loss.backward(), &*model);
+    *model = optimizer.step(0.01, model.clone(), grads);
+    sync(&device);
+}
+
+/// Only training steps of one network with one unit (or none), nothing else: what a profiler
+/// attaches to, so every sample it takes falls inside a step. Returns the step time.
+pub fn step_bench(
+    case: &NetworkCase,
+    kind: AttentionKind,
+    device: &Device,
+    warmup: usize,
+    runs: usize,
+) -> Result<Timing, ModelError> {
+    case.validate()?;
+    let autodiff = device.clone().autodiff();
+    autodiff.seed(0);
+    let images = Tensor::<4>::random(
+        [case.batch, case.channels, case.input, case.input],
+        Distribution::Normal(0.0, 1.0),
+        &autodiff,
+    );
+    let labels: Vec<i64> = (0..case.batch as i64).map(|i| i % 10).collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [case.batch]), &autodiff);
+    let mut model = case.config(kind).init(&autodiff)?;
+    let mut optimizer = SgdConfig::new().init();
+    Ok(time_median(warmup, runs, || {
+        training_step(&mut model, &mut optimizer, &images, &targets)
+    }))
 }
 
 /// Milliseconds of `runs` timed rounds (after `warmup` untimed ones) of `operation` on each of

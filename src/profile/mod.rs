@@ -11,7 +11,7 @@ mod units;
 
 pub use benches::{
     EndToEndBench, NetworkBench, NetworkCase, UnitBench, UnitShape, ZooBench, end_to_end_bench,
-    network_bench, unit_bench, unit_bench_shapes, zoo_bench,
+    network_bench, step_bench, unit_bench, unit_bench_shapes, zoo_bench,
 };
 pub use macs::{MacCount, count_macs};
 pub use memory::{MemoryCurve, MemorySample, resident_set_bytes};

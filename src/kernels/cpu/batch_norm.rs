@@ -30,8 +30,8 @@ use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
 use super::common::{
-    LANES, assume_written, contiguous_values, dispatch_vector_width, flex_tensor, lane_sum,
-    on_flex_f32, unwritten, writable_contiguous,
+    LANES, assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
+    lane_sum, on_flex_f32, unwritten, writable_contiguous,
 };
 
 /// Batch normalisation with the batch's own statistics, optionally followed by ReLU, as a
@@ -51,6 +51,80 @@ pub trait BatchNormOps: Backend {
         epsilon: f64,
         relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// Batch normalisation with fixed statistics (inference), optionally followed by ReLU, as a
+/// backend extension operation on plain Flex tensors: one pass `y = [relu](x * scale + shift)`
+/// where burn's `batch_norm` takes four and a ReLU one more. Not differentiable: under autodiff
+/// the caller takes burn's own layers.
+#[backend_extension(Flex)]
+pub trait BatchNormInferenceOps: Backend {
+    /// `y = [relu](x * scale + shift)` per channel of the `[B, C, H, W]` input, with `scale` and
+    /// `shift` of shape `[C]`.
+    fn scale_shift_fused(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+}
+
+/// Whether [`scale_shift`] can run on `x`: a plain (not autodiff) Flex `f32` tensor.
+pub fn inference_available(x: &Tensor<4>) -> bool {
+    on_flex_f32(x) && !x.device().is_autodiff()
+}
+
+/// `y = [relu](x * scale + shift)` per channel; the caller checks [`inference_available`] for
+/// all three tensors' device and the shapes.
+pub fn scale_shift(x: Tensor<4>, scale: Tensor<1>, shift: Tensor<1>, relu: bool) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as BatchNormInferenceOps>::scale_shift_fused(
+        x.into_dispatch(),
+        scale.into_dispatch(),
+        shift.into_dispatch(),
+        relu,
+    ))
+}
+
+impl BatchNormInferenceOps for Flex {
+    fn scale_shift_fused(
+        x: FlexTensor,
+        scale: FlexTensor,
+        shift: FlexTensor,
+        relu: bool,
+    ) -> FlexTensor {
+        let shape = x.shape();
+        let planes = Planes::of(&shape);
+        let (scale, shift) = (contiguous_values(&scale), contiguous_values(&shift));
+        assert_eq!(
+            scale.len(),
+            planes.channels,
+            "scale_shift_fused: scale is not [C]"
+        );
+        assert_eq!(
+            shift.len(),
+            planes.channels,
+            "scale_shift_fused: shift is not [C]"
+        );
+        let values = contiguous_values(&x);
+        flex_tensor(normalise(&values, planes, &scale, &shift, relu), shape)
+    }
+}
+
+/// `y = [relu](x * scale_c + shift_c)` over every plane.
+fn normalise(values: &[f32], planes: Planes, scale: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
+    let mut output = unwritten(values.len());
+    let plane_len = planes.plane_len.max(1);
+    output
+        .par_chunks_mut(plane_len)
+        .zip(values.par_chunks(plane_len))
+        .with_min_len(items_per_task(plane_len))
+        .enumerate()
+        .for_each(|(index, (y, x))| {
+            let c = index % planes.channels;
+            normalise_plane(x, y, scale[c], shift[c], relu);
+        });
+    // SAFETY: every plane of the output was written.
+    unsafe { assume_written(output) }
 }
 
 /// Whether [`batch_norm_train`] can run on these tensors: all live on the Flex backend (plain or
@@ -311,17 +385,7 @@ fn forward(
             (scale, b - mean * scale)
         })
         .unzip();
-    let mut output = unwritten(values.len());
-    output
-        .par_chunks_mut(planes.plane_len.max(1))
-        .zip(values.par_chunks(planes.plane_len.max(1)))
-        .enumerate()
-        .for_each(|(index, (y, x))| {
-            let c = index % planes.channels;
-            normalise_plane(x, y, scale[c], shift[c], relu);
-        });
-    // SAFETY: every plane of the output was written.
-    let output = unsafe { assume_written(output) };
+    let output = normalise(&values, planes, &scale, &shift, relu);
     let (mean, variance) = statistics.into_iter().unzip();
     (flex_tensor(output, shape), Statistics { mean, variance })
 }
@@ -344,30 +408,37 @@ fn channel_gradient_sums_generic(
 ) {
     let mut lanes_dz = [0.0f32; LANES];
     let mut lanes_dz_x = [0.0f32; LANES];
-    let mut add = |dz: f32, x: f32, lane: usize| {
-        lanes_dz[lane] += dz;
-        lanes_dz_x[lane] += dz * (x - mean);
+    // `dz` and `x - mean` of `LANES` values at a time into the lanes; the ReLU mask is a select,
+    // so both loops vectorise.
+    let mut accumulate = |dz: &[f32], x: &[f32]| {
+        for ((sum, sum_x), (&dz, &x)) in lanes_dz
+            .iter_mut()
+            .zip(lanes_dz_x.iter_mut())
+            .zip(dz.iter().zip(x))
+        {
+            *sum += dz;
+            *sum_x += dz * (x - mean);
+        }
     };
+    let mut masked = [0.0f32; LANES];
     for b in 0..planes.batch {
         let (x, dy) = (planes.plane(x, b, c), planes.plane(dy, b, c));
-        let y = y.map(|y| planes.plane(y, b, c));
-        let full = x.len() / LANES * LANES;
-        for start in (0..full).step_by(LANES) {
-            for lane in 0..LANES {
-                let i = start + lane;
-                let dz = match y {
-                    Some(y) if y[i] <= 0.0 => 0.0,
-                    _ => dy[i],
-                };
-                add(dz, x[i], lane);
+        match y.map(|y| planes.plane(y, b, c)) {
+            Some(y) => {
+                let mut x_chunks = x.chunks(LANES);
+                for (dy, y) in dy.chunks(LANES).zip(y.chunks(LANES)) {
+                    let n = dy.len();
+                    for ((m, &d), &y) in masked.iter_mut().zip(dy).zip(y) {
+                        *m = if y > 0.0 { d } else { 0.0 };
+                    }
+                    accumulate(&masked[..n], x_chunks.next().expect("same length"));
+                }
             }
-        }
-        for i in full..x.len() {
-            let dz = match y {
-                Some(y) if y[i] <= 0.0 => 0.0,
-                _ => dy[i],
-            };
-            add(dz, x[i], i - full);
+            None => {
+                for (dy, x) in dy.chunks(LANES).zip(x.chunks(LANES)) {
+                    accumulate(dy, x);
+                }
+            }
         }
     }
     let sum_dz: f32 = lanes_dz.iter().sum();

@@ -32,7 +32,9 @@ use burn::backend::{
 use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
-use super::common::{contiguous_values, flex_tensor, on_flex_f32};
+use std::mem::MaybeUninit;
+
+use super::common::{assume_written, contiguous_values, flex_tensor, on_flex_f32, unwritten};
 
 /// The convolution as a backend extension operation.
 ///
@@ -147,7 +149,7 @@ impl Backward<Flex, 2> for ConvBackward {
         let grad_output = contiguous_values(&grad_output);
         let mut grad_x = x_node
             .is_some()
-            .then(|| vec![0.0f32; geometry.batch * geometry.in_sample_len()]);
+            .then(|| unwritten(geometry.batch * geometry.in_sample_len()));
         let grad_weight = backward(
             &geometry,
             &x,
@@ -157,6 +159,8 @@ impl Backward<Flex, 2> for ConvBackward {
             weight_node.is_some(),
         );
         if let (Some(node), Some(grad_x)) = (x_node, grad_x) {
+            // SAFETY: `backward` writes every sample's block of `dX`.
+            let grad_x = unsafe { assume_written(grad_x) };
             grads.register::<Flex>(node.id, flex_tensor(grad_x, state.x.shape()));
         }
         if let (Some(node), Some(grad_weight)) = (weight_node, grad_weight) {
@@ -321,12 +325,12 @@ fn im2col(geometry: &Geometry, sample: &[f32], col: &mut [f32], block: ColumnBlo
 }
 
 /// Add one sample's block of `col` (laid out as [`im2col`] writes it) into the sample's input
-/// gradient `grad`, which this overwrites first.
-fn col2im(geometry: &Geometry, col: &[f32], block: ColumnBlock, grad: &mut [f32]) {
+/// gradient `grad`, which this sets to zero first.
+fn col2im(geometry: &Geometry, col: &[f32], block: ColumnBlock, grad: &mut [MaybeUninit<f32>]) {
     let [kh, kw] = geometry.kernel;
     let (plane_len, pixels) = (geometry.height * geometry.width, geometry.out_pixels());
     let (sw, pw, width) = (geometry.stride[1], geometry.padding[1], geometry.width);
-    grad.fill(0.0);
+    let grad = zeroed(grad);
     let mut rows = col.chunks_exact(block.row_len);
     for plane in grad.chunks_exact_mut(plane_len) {
         for ky in 0..kh {
@@ -369,15 +373,26 @@ fn gather_tile(samples: &[f32], channels: usize, pixels: usize, matrix: &mut Vec
     }
 }
 
-/// The inverse of [`gather_tile`]: write `matrix`'s blocks back to consecutive NCHW samples.
-fn scatter_tile(matrix: &[f32], channels: usize, pixels: usize, samples: &mut [f32]) {
+/// The inverse of [`gather_tile`]: write `matrix`'s blocks to consecutive NCHW samples.
+fn scatter_tile(matrix: &[f32], channels: usize, pixels: usize, samples: &mut [MaybeUninit<f32>]) {
     let count = samples.len() / (channels * pixels);
     for (j, sample) in samples.chunks_exact_mut(channels * pixels).enumerate() {
         for (c, plane) in sample.chunks_exact_mut(pixels).enumerate() {
             let at = (c * count + j) * pixels;
-            plane.copy_from_slice(&matrix[at..at + pixels]);
+            for (value, &source) in plane.iter_mut().zip(&matrix[at..at + pixels]) {
+                value.write(source);
+            }
         }
     }
+}
+
+/// `values` set to zero and handed back as initialised.
+fn zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    for value in values.iter_mut() {
+        value.write(0.0);
+    }
+    // SAFETY: every value was just written; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// A row-major matrix operand for [`matmul`]: its first value and its row and column strides.
@@ -459,10 +474,10 @@ fn forward(
     let geometry = Geometry::of(&x.shape(), &weight.shape(), stride, padding);
     let x = contiguous_values(x);
     let weight = contiguous_values(weight);
-    let mut output = vec![0.0f32; geometry.batch * geometry.out_sample_len()];
+    let mut output = unwritten(geometry.batch * geometry.out_sample_len());
     let (k, pixels) = (geometry.patch_len(), geometry.out_pixels());
     let parallelism = geometry.product_parallelism();
-    let tile = |scratch: &mut Scratch, (input, out): (&[f32], &mut [f32])| {
+    let tile = |scratch: &mut Scratch, (input, out): (&[f32], &mut [MaybeUninit<f32>])| {
         let count = input.len() / geometry.in_sample_len();
         let columns = count * pixels;
         let rhs = if geometry.is_pointwise() && count == 1 {
@@ -479,12 +494,13 @@ fn forward(
             scratch.col.as_slice()
         };
         let dst = if count == 1 {
-            out.as_mut_ptr()
+            out.as_mut_ptr().cast::<f32>()
         } else {
             scratch.matrix.resize(geometry.out_channels * columns, 0.0);
             scratch.matrix.as_mut_ptr()
         };
-        // SAFETY: `dst` holds `Co * S N` values, `weight` is `[Co, K]` and `rhs` `[K, S N]`.
+        // SAFETY: `dst` holds `Co * S N` values, `weight` is `[Co, K]` and `rhs` `[K, S N]`; the
+        // product writes every value of `dst` without reading it.
         unsafe {
             matmul(
                 dst,
@@ -514,6 +530,8 @@ fn forward(
             .zip(output.chunks_mut(out_len))
             .for_each(|pair| tile(&mut scratch, pair));
     }
+    // SAFETY: every tile's output block was written by its product or by `scatter_tile`.
+    let output = unsafe { assume_written(output) };
     flex_tensor(
         output,
         Shape::new([
@@ -531,6 +549,10 @@ fn forward(
 struct Scratch {
     col: Vec<f32>,
     matrix: Vec<f32>,
+    /// `dY^T` of a tile, `[S N, Co]` (weight gradient only).
+    dy_rows: Vec<f32>,
+    /// One sample's input in NHWC order (weight gradient only).
+    nhwc: Vec<f32>,
 }
 
 /// `dX` (when `grad_x` is given) and `dW` (when `want_weight`): per tile of samples,
@@ -542,7 +564,7 @@ fn backward(
     x: &[f32],
     weight: &[f32],
     grad_output: &[f32],
-    mut grad_x: Option<&mut [f32]>,
+    mut grad_x: Option<&mut [MaybeUninit<f32>]>,
     want_weight: bool,
 ) -> Option<Vec<f32>> {
     let (k, pixels) = (geometry.patch_len(), geometry.out_pixels());
@@ -557,7 +579,7 @@ fn backward(
     let tiles_per_part = tiles.div_ceil(parts);
     let (in_len, out_len) = (geometry.in_sample_len(), geometry.out_sample_len());
     // Each part owns its tiles' slice of `dX`, handed out before the threads start.
-    let mut grad_x_parts: Vec<Option<&mut [f32]>> = (0..parts)
+    let mut grad_x_parts: Vec<Option<&mut [MaybeUninit<f32>]>> = (0..parts)
         .map(|part| {
             let first = (part * tiles_per_part * samples).min(geometry.batch);
             let last = ((part + 1) * tiles_per_part * samples).min(geometry.batch);
@@ -569,91 +591,48 @@ fn backward(
             })
         })
         .collect();
-    let part_work = |(part, mut grad_x): (usize, Option<&mut [f32]>)| -> Option<Vec<f32>> {
-        let mut sum = want_weight.then(|| vec![0.0f32; geometry.out_channels * k]);
-        let mut scratch = Scratch::default();
-        let first = (part * tiles_per_part * samples).min(geometry.batch);
-        let last = ((part + 1) * tiles_per_part * samples).min(geometry.batch);
-        let mut started = false;
-        for tile_first in (first..last).step_by(samples) {
-            let count = samples.min(last - tile_first);
-            let columns = count * pixels;
-            let dy_tile = &grad_output[tile_first * out_len..(tile_first + count) * out_len];
-            let dy = if count == 1 {
-                dy_tile
-            } else {
-                gather_tile(dy_tile, geometry.out_channels, pixels, &mut scratch.matrix);
-                scratch.matrix.as_slice()
-            };
-            if let Some(grad_x) = grad_x.as_deref_mut() {
-                let dx_tile = &mut grad_x
-                    [(tile_first - first) * in_len..(tile_first - first + count) * in_len];
-                let lhs = Operand::transposed(weight, k);
-                if geometry.is_pointwise() && count == 1 {
-                    // SAFETY: `dx_tile` holds `Ci * N` values (`K = Ci`); `W^T` is `[K, Co]`.
-                    unsafe {
-                        matmul(
-                            dx_tile.as_mut_ptr(),
-                            [k, columns, geometry.out_channels],
-                            lhs,
-                            Operand::rows(dy, columns),
-                            false,
-                            parallelism,
-                        )
-                    }
+    let part_work =
+        |(part, mut grad_x): (usize, Option<&mut [MaybeUninit<f32>]>)| -> Option<Vec<f32>> {
+            let mut sum = want_weight.then(|| vec![0.0f32; geometry.out_channels * k]);
+            let mut scratch = Scratch::default();
+            let mut gathered = Vec::new();
+            let first = (part * tiles_per_part * samples).min(geometry.batch);
+            let last = ((part + 1) * tiles_per_part * samples).min(geometry.batch);
+            let mut started = false;
+            for tile_first in (first..last).step_by(samples) {
+                let count = samples.min(last - tile_first);
+                let dy_tile = &grad_output[tile_first * out_len..(tile_first + count) * out_len];
+                let dy = if count == 1 {
+                    dy_tile
                 } else {
-                    scratch.col.resize(k * columns, 0.0);
-                    // SAFETY: `col` holds `K * S N` values; `dy` is `[Co, S N]`.
-                    unsafe {
-                        matmul(
-                            scratch.col.as_mut_ptr(),
-                            [k, columns, geometry.out_channels],
-                            lhs,
-                            Operand::rows(dy, columns),
-                            false,
-                            parallelism,
-                        )
-                    }
-                    for (j, dx) in dx_tile.chunks_exact_mut(in_len).enumerate() {
-                        let block = ColumnBlock {
-                            row_len: columns,
-                            offset: j * pixels,
-                        };
-                        col2im(geometry, &scratch.col, block, dx);
-                    }
-                }
-            }
-            if let Some(sum) = sum.as_mut() {
-                let x_tile = &x[tile_first * in_len..(tile_first + count) * in_len];
-                let col = if geometry.is_pointwise() && count == 1 {
-                    x_tile
-                } else {
-                    scratch.col.resize(k * columns, 0.0);
-                    for (j, sample) in x_tile.chunks_exact(in_len).enumerate() {
-                        let block = ColumnBlock {
-                            row_len: columns,
-                            offset: j * pixels,
-                        };
-                        im2col(geometry, sample, &mut scratch.col, block);
-                    }
-                    scratch.col.as_slice()
+                    gather_tile(dy_tile, geometry.out_channels, pixels, &mut gathered);
+                    gathered.as_slice()
                 };
-                // SAFETY: `sum` holds `Co * K` values, `dy` is `[Co, S N]`, `col^T` `[S N, K]`.
-                unsafe {
-                    matmul(
-                        sum.as_mut_ptr(),
-                        [geometry.out_channels, k, columns],
-                        Operand::rows(dy, columns),
-                        Operand::transposed(col, columns),
-                        started,
+                if let Some(grad_x) = grad_x.as_deref_mut() {
+                    let dx_tile = &mut grad_x
+                        [(tile_first - first) * in_len..(tile_first - first + count) * in_len];
+                    input_gradient_tile(
+                        geometry,
+                        weight,
+                        dy,
+                        dx_tile,
+                        &mut scratch.col,
                         parallelism,
-                    )
+                    );
                 }
-                started = true;
+                if let Some(sum) = sum.as_mut() {
+                    let x_tile = &x[tile_first * in_len..(tile_first + count) * in_len];
+                    let tile = WeightGradientTile {
+                        x_tile,
+                        dy,
+                        accumulate: started,
+                    };
+                    weight_gradient_tile(geometry, tile, sum, &mut scratch, parallelism);
+                    started = true;
+                }
             }
-        }
-        sum
-    };
+            sum
+        };
     let partials: Vec<Option<Vec<f32>>> = if parts > 1 {
         grad_x_parts
             .drain(..)
@@ -672,7 +651,185 @@ fn backward(
             *t += p;
         }
     }
-    Some(total)
+    Some(patch_major_to_channel_major(geometry, &total))
+}
+
+/// `dX` of one tile: `dcol = W^T x dY_tile` (`dy` is `[Co, S N]`), folded onto each sample's
+/// block of `dx_tile` by col2im. A function of its own so profiles tell the two backward
+/// products apart.
+#[inline(never)]
+fn input_gradient_tile(
+    geometry: &Geometry,
+    weight: &[f32],
+    dy: &[f32],
+    dx_tile: &mut [MaybeUninit<f32>],
+    col: &mut Vec<f32>,
+    parallelism: gemm::Parallelism,
+) {
+    let (k, pixels, in_len) = (
+        geometry.patch_len(),
+        geometry.out_pixels(),
+        geometry.in_sample_len(),
+    );
+    let count = dx_tile.len() / in_len;
+    let columns = count * pixels;
+    let lhs = Operand::transposed(weight, k);
+    if geometry.is_pointwise() && count == 1 {
+        // SAFETY: `dx_tile` holds `Ci * N` values (`K = Ci`); `W^T` is `[K, Co]`; the product
+        // writes every value without reading it.
+        unsafe {
+            matmul(
+                dx_tile.as_mut_ptr().cast::<f32>(),
+                [k, columns, geometry.out_channels],
+                lhs,
+                Operand::rows(dy, columns),
+                false,
+                parallelism,
+            )
+        }
+        return;
+    }
+    col.resize(k * columns, 0.0);
+    // SAFETY: `col` holds `K * S N` values; `dy` is `[Co, S N]`.
+    unsafe {
+        matmul(
+            col.as_mut_ptr(),
+            [k, columns, geometry.out_channels],
+            lhs,
+            Operand::rows(dy, columns),
+            false,
+            parallelism,
+        )
+    }
+    for (j, dx) in dx_tile.chunks_exact_mut(in_len).enumerate() {
+        let block = ColumnBlock {
+            row_len: columns,
+            offset: j * pixels,
+        };
+        col2im(geometry, col, block, dx);
+    }
+}
+
+/// One tile's share of the weight gradient: its samples' input and `[Co, S N]` output gradient,
+/// and whether to add to the sum (else overwrite it).
+struct WeightGradientTile<'a> {
+    x_tile: &'a [f32],
+    dy: &'a [f32],
+    accumulate: bool,
+}
+
+/// `sum (+)= dY_tile x rows(X_tile)`, with `sum` in the kernel-position-major order
+/// `[Co, kh, kw, Ci]` (see [`patch_major_to_channel_major`]).
+///
+/// Both factors are transposed first, into pixel-major matrices (`dY^T` is `[S N, Co]`, the
+/// im2row matrix `[S N, kh kw Ci]` built from the tile's NHWC copy), so the product reads each
+/// factor along its rows. Taken as they come (`[Co, S N]` and the im2col matrix `[K, S N]`),
+/// both would be read across their rows while the matrix kernel packs them, which took about
+/// half of this product's time.
+#[inline(never)]
+fn weight_gradient_tile(
+    geometry: &Geometry,
+    tile: WeightGradientTile,
+    sum: &mut [f32],
+    scratch: &mut Scratch,
+    parallelism: gemm::Parallelism,
+) {
+    let (k, pixels, in_len) = (
+        geometry.patch_len(),
+        geometry.out_pixels(),
+        geometry.in_sample_len(),
+    );
+    let count = tile.x_tile.len() / in_len;
+    let columns = count * pixels;
+    let out_channels = geometry.out_channels;
+    scratch.dy_rows.resize(columns * out_channels, 0.0);
+    transpose(tile.dy, out_channels, columns, &mut scratch.dy_rows);
+    let plane_len = geometry.height * geometry.width;
+    scratch.nhwc.resize(plane_len * geometry.in_channels, 0.0);
+    scratch.col.resize(columns * k, 0.0);
+    for (j, sample) in tile.x_tile.chunks_exact(in_len).enumerate() {
+        transpose(sample, geometry.in_channels, plane_len, &mut scratch.nhwc);
+        let rows = &mut scratch.col[j * pixels * k..(j + 1) * pixels * k];
+        im2row(geometry, &scratch.nhwc, rows);
+    }
+    // SAFETY: `sum` holds `Co * K` values, `dy_rows^T` is `[Co, S N]`, `col` `[S N, K]`.
+    unsafe {
+        matmul(
+            sum.as_mut_ptr(),
+            [out_channels, k, columns],
+            Operand::transposed(&scratch.dy_rows, out_channels),
+            Operand::rows(&scratch.col, k),
+            tile.accumulate,
+            parallelism,
+        )
+    }
+}
+
+/// `dst [cols, rows] = src [rows, cols]^T`, in square blocks so both sides stay in cache.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const BLOCK: usize = 16;
+    for row_block in (0..rows).step_by(BLOCK) {
+        let row_end = (row_block + BLOCK).min(rows);
+        for col_block in (0..cols).step_by(BLOCK) {
+            let col_end = (col_block + BLOCK).min(cols);
+            for r in row_block..row_end {
+                let source = &src[r * cols + col_block..r * cols + col_end];
+                for (offset, &value) in source.iter().enumerate() {
+                    dst[(col_block + offset) * rows + r] = value;
+                }
+            }
+        }
+    }
+}
+
+/// One sample's im2row matrix from its NHWC copy: row `oy * Wo + ox` holds, for each kernel
+/// position `(ky, kx)` in turn, the `Ci` channels of input pixel `(iy, ix)` (zeros outside).
+fn im2row(geometry: &Geometry, nhwc: &[f32], rows: &mut [f32]) {
+    let [kh, kw] = geometry.kernel;
+    let channels = geometry.in_channels;
+    let (sw, pw) = (geometry.stride[1], geometry.padding[1]);
+    let mut row_chunks = rows.chunks_exact_mut(kh * kw * channels);
+    for oy in 0..geometry.out_height {
+        for ox in 0..geometry.out_width {
+            let row = row_chunks.next().expect("one row per output pixel");
+            for ky in 0..kh {
+                let input_row = geometry.input_row(oy, ky);
+                for kx in 0..kw {
+                    let at = (ky * kw + kx) * channels;
+                    let target = &mut row[at..at + channels];
+                    let ix = (ox * sw + kx)
+                        .checked_sub(pw)
+                        .filter(|&ix| ix < geometry.width);
+                    match (input_row, ix) {
+                        (Some(iy), Some(ix)) => {
+                            let from = (iy * geometry.width + ix) * channels;
+                            target.copy_from_slice(&nhwc[from..from + channels]);
+                        }
+                        _ => target.fill(0.0),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A weight gradient summed in `[Co, kh, kw, Ci]` order, as [`weight_gradient_tile`] writes
+/// it, in burn's `[Co, Ci, kh, kw]` order.
+fn patch_major_to_channel_major(geometry: &Geometry, sum: &[f32]) -> Vec<f32> {
+    let [kh, kw] = geometry.kernel;
+    let (channels, positions) = (geometry.in_channels, kh * kw);
+    let mut weight = vec![0.0f32; sum.len()];
+    for (out, block) in weight
+        .chunks_exact_mut(channels * positions)
+        .zip(sum.chunks_exact(channels * positions))
+    {
+        for position in 0..positions {
+            for c in 0..channels {
+                out[c * positions + position] = block[position * channels + c];
+            }
+        }
+    }
+    weight
 }
 
 #[cfg(test)]
