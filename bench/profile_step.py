@@ -32,7 +32,7 @@ PPCR_KINDS = [
     ("setup (model init, data)", r"TensorData::random|ResNetConfig.*init|Distribution|"
                                  r"step_bench::\{\{closure\}\}::\{\{closure\}\}::init"),
     ("conv forward", r"kernels::cpu::conv::forward"),
-    ("conv input gradient", r"conv::input_gradient_tile"),
+    ("conv input gradient", r"conv(_shifted)?::input_gradient_tile"),
     ("conv weight gradient", r"conv::weight_gradient_tile"),
     ("conv backward: tiles, partial sums", r"kernels::cpu::conv::backward"),
     ("burn conv2d (not the kernel)", r"conv2d|conv_transpose2d|im2col"),
@@ -46,10 +46,12 @@ PPCR_KINDS = [
     ("global pooling", r"mean_dim|avg_pool|forward_features"),
     ("residual add, ReLU, shortcut", r"float_add|relu|ZeroPadShortcut|float_cat|slice"),
     ("autodiff bookkeeping", r"burn_autodiff"),
-    ("allocation, page faults", r"malloc|_int_free|free\b|cfree|page_fault|clear_page|mmap|"
-                                r"munmap|brk|memcg"),
-    ("threads waiting (rayon)", r"rayon_core::sleep|futex|sched_yield|wait_until|"
-                                r"finish_task_switch|do_syscall"),
+    # These two look at the sampled frame only: every worker thread's stack holds rayon's
+    # wait loop, and every kernel allocates.
+    ("leaf: allocation, page faults", r"malloc|_int_free|free\b|cfree|page_fault|clear_page|"
+                                      r"mmap|munmap|brk|memcg"),
+    ("leaf: threads waiting (rayon)", r"rayon_core|futex|sched_yield|finish_task_switch|"
+                                      r"do_syscall|_raw_spin"),
 ]
 
 TORCH_KINDS = [
@@ -70,7 +72,10 @@ TORCH_KINDS = [
 
 def classify(frames, kinds):
     for kind, pattern in kinds:
-        if any(re.search(pattern, frame) for frame in frames):
+        if kind.startswith("leaf: "):
+            if frames and re.search(pattern, frames[0]):
+                return kind[len("leaf: "):]
+        elif any(re.search(pattern, frame) for frame in frames):
             return kind
     return "other"
 

@@ -602,15 +602,15 @@ fn backward(
             for tile_first in (first..last).step_by(samples) {
                 let count = samples.min(last - tile_first);
                 let dy_tile = &grad_output[tile_first * out_len..(tile_first + count) * out_len];
-                let dy = if count == 1 {
-                    dy_tile
-                } else {
-                    gather_tile(dy_tile, geometry.out_channels, pixels, &mut gathered);
-                    gathered.as_slice()
-                };
                 if let Some(grad_x) = grad_x.as_deref_mut() {
                     let dx_tile = &mut grad_x
                         [(tile_first - first) * in_len..(tile_first - first + count) * in_len];
+                    let dy = if count == 1 {
+                        dy_tile
+                    } else {
+                        gather_tile(dy_tile, geometry.out_channels, pixels, &mut gathered);
+                        gathered.as_slice()
+                    };
                     input_gradient_tile(
                         geometry,
                         weight,
@@ -624,7 +624,7 @@ fn backward(
                     let x_tile = &x[tile_first * in_len..(tile_first + count) * in_len];
                     let tile = WeightGradientTile {
                         x_tile,
-                        dy,
+                        dy_tile,
                         accumulate: started,
                     };
                     weight_gradient_tile(geometry, tile, sum, &mut scratch, parallelism);
@@ -654,8 +654,8 @@ fn backward(
     Some(patch_major_to_channel_major(geometry, &total))
 }
 
-/// `dX` of one tile: `dcol = W^T x dY_tile` (`dy` is `[Co, S N]`), folded onto each sample's
-/// block of `dx_tile` by col2im. A function of its own so profiles tell the two backward
+/// `dX` of one tile: `dcol = W^T x dY_tile` (`dy` is `[Co, S N]`), folded
+/// onto each sample's block of `dx_tile` by col2im. A function of its own so profiles tell the two backward
 /// products apart.
 #[inline(never)]
 fn input_gradient_tile(
@@ -710,11 +710,11 @@ fn input_gradient_tile(
     }
 }
 
-/// One tile's share of the weight gradient: its samples' input and `[Co, S N]` output gradient,
+/// One tile's share of the weight gradient: its samples' inputs and output gradients (NCHW),
 /// and whether to add to the sum (else overwrite it).
 struct WeightGradientTile<'a> {
     x_tile: &'a [f32],
-    dy: &'a [f32],
+    dy_tile: &'a [f32],
     accumulate: bool,
 }
 
@@ -743,7 +743,14 @@ fn weight_gradient_tile(
     let columns = count * pixels;
     let out_channels = geometry.out_channels;
     scratch.dy_rows.resize(columns * out_channels, 0.0);
-    transpose(tile.dy, out_channels, columns, &mut scratch.dy_rows);
+    let out_len = geometry.out_sample_len();
+    for (dy, rows) in tile
+        .dy_tile
+        .chunks_exact(out_len)
+        .zip(scratch.dy_rows.chunks_exact_mut(out_len))
+    {
+        transpose(dy, out_channels, pixels, rows);
+    }
     let plane_len = geometry.height * geometry.width;
     scratch.nhwc.resize(plane_len * geometry.in_channels, 0.0);
     scratch.col.resize(columns * k, 0.0);
