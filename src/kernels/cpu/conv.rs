@@ -235,6 +235,14 @@ impl Geometry {
         self.out_channels * self.out_pixels()
     }
 
+    /// Stride 1 and as many output columns as input columns: output place `q = oy * W + ox`
+    /// reads input place `q + d` for one offset `d` per kernel position, so an im2col row is the
+    /// plane shifted by `d` (with zeros where the padding is), copied in one piece instead of
+    /// one piece per output row.
+    fn rows_are_shifted_planes(&self) -> bool {
+        self.stride[1] == 1 && self.stride[0] == 1 && self.out_width == self.width
+    }
+
     /// 1x1, stride 1, no padding: the input is its own im2col matrix.
     fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
@@ -301,6 +309,10 @@ fn im2col(geometry: &Geometry, sample: &[f32], col: &mut [f32], block: ColumnBlo
             for kx in 0..kw {
                 let row = rows.next().expect("col has Ci * kh * kw rows");
                 let row = &mut row[block.offset..block.offset + pixels];
+                if geometry.rows_are_shifted_planes() {
+                    shifted_plane(geometry, plane, [ky, kx], row);
+                    continue;
+                }
                 let (lo, hi) = geometry.valid_columns(kx);
                 for (oy, out) in row.chunks_exact_mut(geometry.out_width).enumerate() {
                     let Some(iy) = geometry.input_row(oy, ky) else {
@@ -326,17 +338,23 @@ fn im2col(geometry: &Geometry, sample: &[f32], col: &mut [f32], block: ColumnBlo
 
 /// Add one sample's block of `col` (laid out as [`im2col`] writes it) into the sample's input
 /// gradient `grad`, which this sets to zero first.
-fn col2im(geometry: &Geometry, col: &[f32], block: ColumnBlock, grad: &mut [MaybeUninit<f32>]) {
+/// Where the rows are shifted planes (see [`Geometry::rows_are_shifted_planes`]), `col`'s values
+/// at padding places are set to zero on the way.
+fn col2im(geometry: &Geometry, col: &mut [f32], block: ColumnBlock, grad: &mut [MaybeUninit<f32>]) {
     let [kh, kw] = geometry.kernel;
     let (plane_len, pixels) = (geometry.height * geometry.width, geometry.out_pixels());
     let (sw, pw, width) = (geometry.stride[1], geometry.padding[1], geometry.width);
     let grad = zeroed(grad);
-    let mut rows = col.chunks_exact(block.row_len);
+    let mut rows = col.chunks_exact_mut(block.row_len);
     for plane in grad.chunks_exact_mut(plane_len) {
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = rows.next().expect("col has Ci * kh * kw rows");
-                let row = &row[block.offset..block.offset + pixels];
+                let row = &mut row[block.offset..block.offset + pixels];
+                if geometry.rows_are_shifted_planes() {
+                    add_shifted_plane(geometry, row, [ky, kx], plane);
+                    continue;
+                }
                 let (lo, hi) = geometry.valid_columns(kx);
                 for (oy, values) in row.chunks_exact(geometry.out_width).enumerate() {
                     let Some(iy) = geometry.input_row(oy, ky) else {
@@ -357,6 +375,65 @@ fn col2im(geometry: &Geometry, col: &[f32], block: ColumnBlock, grad: &mut [Mayb
                 }
             }
         }
+    }
+}
+
+/// For kernel position `(ky, kx)`, the offset `d` such that output place `q` reads input place
+/// `q + d`, and the output places `q0..q1` whose rows lie inside the input, clipped to the
+/// places whose `q + d` lies in the plane (the clipped ones sit in padding columns).
+fn plane_shift(geometry: &Geometry, [ky, kx]: [usize; 2]) -> (isize, usize, usize) {
+    let (width, height) = (geometry.width, geometry.height);
+    let [ph, pw] = geometry.padding;
+    let shift = (ky as isize - ph as isize) * width as isize + kx as isize - pw as isize;
+    let first_row = ph.saturating_sub(ky).min(geometry.out_height);
+    let end_row = (height + ph)
+        .saturating_sub(ky)
+        .clamp(first_row, geometry.out_height);
+    let plane = (height * width) as isize;
+    let q0 = ((first_row * width) as isize).max(-shift) as usize;
+    let q1 = ((end_row * width) as isize)
+        .min(plane - shift)
+        .max(q0 as isize) as usize;
+    (shift, q0, q1)
+}
+
+/// One im2col row where the rows are shifted planes: the plane copied at offset `d` in one
+/// piece, then zeros over the padding rows and columns.
+fn shifted_plane(geometry: &Geometry, plane: &[f32], position: [usize; 2], out: &mut [f32]) {
+    let (shift, q0, q1) = plane_shift(geometry, position);
+    out[..q0].fill(0.0);
+    out[q1..].fill(0.0);
+    let start = (q0 as isize + shift) as usize;
+    out[q0..q1].copy_from_slice(&plane[start..start + (q1 - q0)]);
+    zero_padding_columns(geometry, position[1], out);
+}
+
+/// Zero the places of `row` (one im2col row, `Ho x Wo`) that kernel column `kx` puts over the
+/// left or right padding.
+fn zero_padding_columns(geometry: &Geometry, kx: usize, row: &mut [f32]) {
+    let (lo, hi) = geometry.valid_columns(kx);
+    if lo == 0 && hi == geometry.out_width {
+        return;
+    }
+    for out_row in row.chunks_exact_mut(geometry.out_width) {
+        out_row[..lo].fill(0.0);
+        out_row[hi..].fill(0.0);
+    }
+}
+
+/// The adjoint of [`shifted_plane`]: `row`'s padding places set to zero, then `row` added to
+/// `plane` at offset `d` in one piece.
+fn add_shifted_plane(
+    geometry: &Geometry,
+    row: &mut [f32],
+    position: [usize; 2],
+    plane: &mut [f32],
+) {
+    zero_padding_columns(geometry, position[1], row);
+    let (shift, q0, q1) = plane_shift(geometry, position);
+    let start = (q0 as isize + shift) as usize;
+    for (target, &value) in plane[start..start + (q1 - q0)].iter_mut().zip(&row[q0..q1]) {
+        *target += value;
     }
 }
 
