@@ -43,7 +43,7 @@ PPCR_KINDS = [
     ("loss (cross-entropy)", r"cross_entropy|CrossEntropy|log_softmax"),
     ("optimizer update (SGD)", r"burn_optim|Sgd|optim::"),
     ("classifier (linear)", r"Linear::forward|float_matmul|matmul"),
-    ("global pooling", r"mean_dim|avg_pool|forward_features"),
+    ("global pooling", r"mean_dim|avg_pool"),
     ("residual add, ReLU, shortcut", r"float_add|relu|ZeroPadShortcut|float_cat|slice"),
     ("autodiff bookkeeping", r"burn_autodiff"),
     # These two look at the sampled frame only: every worker thread's stack holds rayon's

@@ -305,6 +305,8 @@ impl Planes {
 
 dispatch_vector_width! {
     /// The mean and biased variance of channel `c`: two passes over its planes.
+    // Not inlined into its rayon closure, so profiles name it even when the job was stolen.
+    #[inline(never)]
     fn channel_statistics => channel_statistics_generic(planes: Planes, x: &[f32], c: usize, out: &mut (f32, f32))
 }
 
@@ -322,6 +324,8 @@ fn channel_statistics_generic(planes: Planes, x: &[f32], c: usize, out: &mut (f3
 
 dispatch_vector_width! {
     /// `y = [max](x * scale + shift, 0)` over one plane.
+    // Not inlined into its rayon closure, so profiles name it even when the job was stolen.
+    #[inline(never)]
     fn normalise_plane => normalise_plane_generic(x: &[f32], y: &mut [std::mem::MaybeUninit<f32>], scale: f32, shift: f32, relu: bool)
 }
 
@@ -393,6 +397,8 @@ fn forward(
 dispatch_vector_width! {
     /// `(sum dz, sum dz * xhat)` of channel `c`, `dz = dy * [y > 0]` when `y` is given;
     /// `moments` is the channel's `[mean, 1 / sqrt(var + eps)]`.
+    // Not inlined into its rayon closure, so profiles name it even when the job was stolen.
+    #[inline(never)]
     fn channel_gradient_sums => channel_gradient_sums_generic(planes: Planes, x: &[f32], dy: &[f32], y: Option<&[f32]>, c: usize, moments: [f32; 2], out: &mut (f32, f32))
 }
 
@@ -448,6 +454,8 @@ fn channel_gradient_sums_generic(
 
 dispatch_vector_width! {
     /// `dx = k * (dz - a - xhat * m)` over one plane, written over `dy`.
+    // Not inlined into its rayon closure, so profiles name it even when the job was stolen.
+    #[inline(never)]
     fn input_gradient_plane => input_gradient_plane_generic(x: &[f32], dy: &mut [f32], y: Option<&[f32]>, coefficients: [f32; 5])
 }
 
