@@ -8,5 +8,6 @@ pub(crate) mod cbam;
 pub(crate) mod channel_ops;
 pub(crate) mod common;
 pub(crate) mod conv;
+mod conv_direct;
 pub(crate) mod ppcr;
 pub(crate) mod simam;
