@@ -29,10 +29,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # (kind, pattern searched in every frame of a sample's stack), first match wins.
 PPCR_KINDS = [
+    ("PPCR", r"kernels::cpu::ppcr"),
     ("setup (model init, data)", r"TensorData::random|ResNetConfig.*init|Distribution|"
                                  r"step_bench::\{\{closure\}\}::\{\{closure\}\}::init"),
-    ("conv forward", r"kernels::cpu::conv::forward"),
-    ("conv input gradient", r"conv(_shifted)?::input_gradient_tile"),
+    ("conv forward", r"kernels::cpu::conv::forward|conv_direct::forward_sample"),
+    ("conv input gradient", r"conv::input_gradient_tile|conv_direct::input_gradient_sample"),
     ("conv weight gradient", r"conv::weight_gradient_tile"),
     ("conv backward: tiles, partial sums", r"kernels::cpu::conv::backward"),
     ("burn conv2d (not the kernel)", r"conv2d|conv_transpose2d|im2col"),
@@ -44,7 +45,8 @@ PPCR_KINDS = [
     ("optimizer update (SGD)", r"burn_optim|Sgd|optim::"),
     ("classifier (linear)", r"Linear::forward|float_matmul|matmul"),
     ("global pooling", r"mean_dim|avg_pool"),
-    ("residual add, ReLU, shortcut", r"float_add|relu|ZeroPadShortcut|float_cat|slice"),
+    ("residual add, ReLU, shortcut", r"kernels::cpu::residual|float_add|relu|ZeroPadShortcut|"
+                                     r"float_cat|slice"),
     ("autodiff bookkeeping", r"burn_autodiff"),
     # These two look at the sampled frame only: every worker thread's stack holds rayon's
     # wait loop, and every kernel allocates.

@@ -8,7 +8,7 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Identity, Initializer, PaddingConfig2d};
-use burn::tensor::{Device, Tensor, activation::relu, s};
+use burn::tensor::{Device, Tensor, s};
 use serde::{Deserialize, Serialize};
 
 use super::layers;
@@ -297,7 +297,7 @@ impl ResidualBlock {
             None
         };
         let recalibrated = attention.forward(branch);
-        (relu(recalibrated + shortcut.forward(x)), map)
+        (layers::add_relu(recalibrated, shortcut.forward(x)), map)
     }
 
     /// The block's attention unit.

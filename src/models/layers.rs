@@ -11,6 +11,7 @@ use burn::tensor::activation::relu;
 
 use crate::kernels::cpu::batch_norm as batch_norm_kernel;
 use crate::kernels::cpu::conv as conv_kernel;
+use crate::kernels::cpu::residual as residual_kernel;
 
 /// The environment variable that, set to `1`, makes the backbone run burn's own layers on every
 /// backend: the reference the kernels are compared against (tests, `ppcr bench`, and the
@@ -83,6 +84,15 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, then_relu: bool) -> Tensor<4> {
     update(&bn.running_mean, mean);
     update(&bn.running_var, variance);
     y
+}
+
+/// `relu(branch + shortcut)`, the end of a residual block, as one kernel on Flex `f32` tensors.
+pub fn add_relu(branch: Tensor<4>, shortcut: Tensor<4>) -> Tensor<4> {
+    if kernels_enabled() && residual_kernel::fused_available(&branch, &shortcut) {
+        residual_kernel::add_relu(branch, shortcut)
+    } else {
+        relu(branch + shortcut)
+    }
 }
 
 #[cfg(test)]

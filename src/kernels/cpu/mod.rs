@@ -10,4 +10,5 @@ pub(crate) mod common;
 pub(crate) mod conv;
 mod conv_direct;
 pub(crate) mod ppcr;
+pub(crate) mod residual;
 pub(crate) mod simam;
