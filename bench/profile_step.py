@@ -32,8 +32,10 @@ PPCR_KINDS = [
     ("PPCR", r"kernels::cpu::ppcr"),
     ("setup (model init, data)", r"TensorData::random|ResNetConfig.*init|Distribution|"
                                  r"step_bench::\{\{closure\}\}::\{\{closure\}\}::init"),
-    ("conv forward", r"kernels::cpu::conv::forward|conv_direct::forward_sample"),
-    ("conv input gradient", r"conv::input_gradient_tile|conv_direct::input_gradient_sample"),
+    # The direct path (stride 1, up to 64 channels, AVX-512) runs both passes in one function.
+    ("conv forward and input gradient, direct", r"conv_direct::"),
+    ("conv forward (im2col)", r"kernels::cpu::conv::forward"),
+    ("conv input gradient (im2col)", r"conv::input_gradient_tile"),
     ("conv weight gradient", r"conv::weight_gradient_tile"),
     ("conv backward: tiles, partial sums", r"kernels::cpu::conv::backward"),
     ("burn conv2d (not the kernel)", r"conv2d|conv_transpose2d|im2col"),

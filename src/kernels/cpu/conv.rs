@@ -168,13 +168,7 @@ impl Backward<Flex, 2> for ConvBackward {
             .and_then(|shape| shape.input_gradient());
         if let (Some(shape), Some(grad_x)) = (direct, grad_x.as_deref_mut()) {
             let blocked = conv_direct::input_gradient_weights(&shape, &weight);
-            convolve_samples(
-                &shape,
-                &blocked,
-                &grad_output,
-                grad_x,
-                conv_direct::input_gradient_sample,
-            );
+            convolve_samples(&shape, &blocked, &grad_output, grad_x);
         }
         let tiled_grad_x = match direct {
             Some(_) => None,
@@ -635,13 +629,7 @@ fn forward(
     ]);
     if let Some(shape) = geometry.direct_shape() {
         let blocked = conv_direct::forward_weights(&shape, &weight);
-        convolve_samples(
-            &shape,
-            &blocked,
-            &x,
-            &mut output,
-            conv_direct::forward_sample,
-        );
+        convolve_samples(&shape, &blocked, &x, &mut output);
         // SAFETY: `convolve_samples` wrote every sample's output.
         return flex_tensor(unsafe { assume_written(output) }, out_shape);
     }
@@ -705,9 +693,6 @@ fn forward(
     flex_tensor(output, out_shape)
 }
 
-/// [`conv_direct::forward_sample`] or [`conv_direct::input_gradient_sample`].
-type DirectSample = fn(&DirectShape, &[f32], &[f32], &mut [MaybeUninit<f32>], &mut DirectScratch);
-
 /// The direct path over a batch: each sample's input convolved into its output, samples spread
 /// over the threads.
 fn convolve_samples(
@@ -715,7 +700,6 @@ fn convolve_samples(
     blocked: &[f32],
     inputs: &[f32],
     outputs: &mut [MaybeUninit<f32>],
-    sample: DirectSample,
 ) {
     let [ho, wo] = shape.out_size();
     let in_len = shape.in_channels * shape.size[0] * shape.size[1];
@@ -724,7 +708,7 @@ fn convolve_samples(
         .par_chunks_exact(in_len)
         .zip(outputs.par_chunks_exact_mut(out_len))
         .for_each_init(DirectScratch::default, |scratch, (input, out)| {
-            sample(shape, blocked, input, out, scratch)
+            conv_direct::convolve_sample(shape, blocked, input, out, scratch)
         });
 }
 

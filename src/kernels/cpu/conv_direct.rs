@@ -158,34 +158,9 @@ pub(super) struct DirectScratch {
     grid: Vec<f32>,
 }
 
-/// A forward pass's sample (see [`convolve_sample`]); a function of its own so profiles tell it
-/// from [`input_gradient_sample`].
-#[inline(never)]
-pub(super) fn forward_sample(
-    shape: &DirectShape,
-    blocked: &[f32],
-    input: &[f32],
-    out: &mut [MaybeUninit<f32>],
-    scratch: &mut DirectScratch,
-) {
-    convolve_sample(shape, blocked, input, out, scratch)
-}
-
-/// An input gradient's sample (see [`convolve_sample`]).
-#[inline(never)]
-pub(super) fn input_gradient_sample(
-    shape: &DirectShape,
-    blocked: &[f32],
-    input: &[f32],
-    out: &mut [MaybeUninit<f32>],
-    scratch: &mut DirectScratch,
-) {
-    convolve_sample(shape, blocked, input, out, scratch)
-}
-
 /// One sample: `input` (`[Ci, H, W]`) convolved with the blocked weights into `out`
 /// (`[Co, Ho, Wo]`). The caller checks [`available`].
-fn convolve_sample(
+pub(super) fn convolve_sample(
     shape: &DirectShape,
     blocked: &[f32],
     input: &[f32],
