@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::device::DeviceArgs;
+use super::units::parse_units;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
 use ppcr::profile::{
@@ -47,9 +48,9 @@ pub struct BenchArgs {
     /// Untimed warm-up runs per measurement.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Units for the units and network suites [default: all].
-    #[arg(long = "attn", value_delimiter = ',')]
-    attention: Option<Vec<AttentionKind>>,
+    /// Units for the units and network suites, comma-separated, or "all" [default: all].
+    #[arg(long = "attn")]
+    attention: Option<String>,
     /// Feature-map shapes for the unit and units suites, as BxCxHxW, comma-separated (e.g.
     /// 64x64x8x8,32x64x8x8) [default: the stage shapes of ResNet-20 at 32 px and ResNet-18 at
     /// 224 px].
@@ -97,7 +98,9 @@ fn check_suite_options(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some((flag, _)) = others.iter().find(|(_, given)| *given) {
         anyhow::bail!("--suite step does not take {flag}");
     }
-    if args.attention.as_ref().is_some_and(|units| units.len() > 1) {
+    if let Some(list) = &args.attention
+        && parse_units(list)?.len() > 1
+    {
         anyhow::bail!("--suite step times one network: give at most one --attn unit");
     }
     Ok(())
@@ -111,11 +114,10 @@ fn run_step(args: &BenchArgs, device: &burn::tensor::Device) -> anyhow::Result<(
         batch: args.batch.unwrap_or(64),
         channels: 3,
     };
-    let kind = args
-        .attention
-        .as_ref()
-        .and_then(|units| units.first().copied())
-        .unwrap_or(AttentionKind::None);
+    let kind = match &args.attention {
+        Some(list) => parse_units(list)?[0],
+        None => AttentionKind::None,
+    };
     let timing = step_bench(&case, kind, device, args.warmup, args.runs)
         .with_context(|| format!("--suite step with {} at {} px", case.backbone, case.input))?;
     println!(
@@ -143,10 +145,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let mut report = serde_json::Map::new();
     let wants = |suite| args.suite == suite || args.suite == Suite::All;
-    let units = args
-        .attention
-        .clone()
-        .unwrap_or_else(|| AttentionKind::ALL.to_vec());
+    let units = match &args.attention {
+        Some(list) => parse_units(list)?,
+        None => AttentionKind::ALL.to_vec(),
+    };
     let shapes = match &args.shapes {
         Some(shapes) if !(wants(Suite::Unit) || wants(Suite::Units)) => anyhow::bail!(
             "--shape {}: only the unit and units suites take shapes, not --suite {}",

@@ -7,9 +7,9 @@ use clap::Args;
 
 use super::data_options::load_dataset;
 use super::device::DeviceArgs;
-use super::profile::parse_units;
 use super::progress::ConsoleProgress;
 use super::train::{TrainSettings, resolve_config};
+use super::units::parse_units;
 use ppcr::compare::{RunStatus, Shard, plan_runs, summarise, write_summary};
 use ppcr::train::train;
 

@@ -15,6 +15,7 @@ mod progress;
 mod report;
 mod soak;
 mod train;
+mod units;
 
 use clap::{Parser, Subcommand};
 

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::device::DeviceArgs;
-use ppcr::attention::AttentionKind;
+use super::units::parse_units;
 use ppcr::models::Backbone;
 use ppcr::profile::{NetworkCase, profile_units};
 
@@ -40,16 +40,6 @@ pub struct ProfileArgs {
     json: bool,
     #[command(flatten)]
     device: DeviceArgs,
-}
-
-/// Parse `all` or a comma-separated list of unit names.
-pub fn parse_units(list: &str) -> anyhow::Result<Vec<AttentionKind>> {
-    if list.trim() == "all" {
-        return Ok(AttentionKind::ALL.to_vec());
-    }
-    list.split(',')
-        .map(|name| name.parse::<AttentionKind>().map_err(anyhow::Error::from))
-        .collect()
 }
 
 fn millions(value: u64) -> String {
