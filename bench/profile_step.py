@@ -38,11 +38,12 @@ PPCR_KINDS = [
     ("conv input gradient (im2col)", r"conv::input_gradient_tile"),
     ("conv weight gradient", r"conv::weight_gradient_tile"),
     ("conv backward: tiles, partial sums", r"kernels::cpu::conv::backward"),
-    ("burn conv2d (not the kernel)", r"conv2d|conv_transpose2d|im2col"),
+    ("burn conv2d (not the kernel)", r"burn_flex::ops::conv|conv_transpose2d"),
     ("BatchNorm(+ReLU) forward", r"kernels::cpu::batch_norm::(forward|normalise|channel_statistics)"),
     ("BatchNorm(+ReLU) backward", r"kernels::cpu::batch_norm::backward|channel_gradient_sums|"
                                   r"input_gradient_plane"),
-    ("burn batch_norm (not the kernel)", r"batch_norm"),
+    ("BatchNorm running statistics", r"models::layers::batch_norm"),
+    ("other BatchNorm frames (dispatch, burn's layer)", r"batch_norm"),
     ("loss (cross-entropy)", r"cross_entropy|CrossEntropy|log_softmax"),
     ("optimizer update (SGD)", r"burn_optim|Sgd|optim::"),
     ("classifier (linear)", r"Linear::forward|float_matmul|matmul"),
@@ -50,6 +51,9 @@ PPCR_KINDS = [
     ("residual add, ReLU, shortcut", r"kernels::cpu::residual|float_add|relu|ZeroPadShortcut|"
                                      r"float_cat|slice"),
     ("autodiff bookkeeping", r"burn_autodiff"),
+    # After every named kind: closures that rayon inlined into its own functions, on a job the
+    # other thread stole, whose stack names no caller.
+    ("rayon job without a named caller", r"ForEachConsumer|Producer::fold_with"),
     # These two look at the sampled frame only: every worker thread's stack holds rayon's
     # wait loop, and every kernel allocates.
     ("leaf: allocation, page faults", r"malloc|_int_free|free\b|cfree|page_fault|clear_page|"
