@@ -3,7 +3,7 @@
 # backend, cudarc bound to CUDA 13.0; see README.md here), run on a lent GPU in one call.
 # Writes $OUT/log.txt as it goes.
 #
-# What two H100 calls of session 7 taught (docs/performance.md, "On a GPU"): a first run on a
+# What two H100 calls taught (docs/gpu.md, "On a GPU"): a first run on a
 # bare machine is almost all kernel compilation. NVRTC compiled about 1.2 kernels a second, and
 # the network suite alone had compiled 380 kernels (252 of them matrix-multiply candidates that
 # CubeCL's autotune tries for each convolution shape) after 315 s, without finishing ResNet-20.

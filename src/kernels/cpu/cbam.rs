@@ -4,7 +4,7 @@
 //! `cbam.rs`. Composed of burn tensor operations, CBAM makes about eight passes over the
 //! feature map in the forward (spatial mean and max, the channel-gated map, channel mean and
 //! max of it, their concatenation, the product) and more in the backward, which made it one of
-//! the slowest units of the zoo in a ResNet-20 training step (+27%, docs/performance.md). Here
+//! the slowest units of the zoo in a ResNet-20 training step (+27% when composed so). Here
 //! the three steps that touch the whole map are one pass each, and the spatial gate's
 //! convolution is a direct one for its two input channels, all with hand-written backward
 //! steps; the MLP on `[B, C]`, the BatchNorm and the sigmoids stay burn operations:

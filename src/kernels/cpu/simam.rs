@@ -4,7 +4,7 @@
 //! Neural Networks" (ICML 2021); the unit is defined in `simam.rs`. Composed of burn tensor
 //! operations, SimAM is about ten passes over the feature map (mean, deviation, square,
 //! variance, energy, sigmoid, product) plus their autodiff nodes, which made it the slowest
-//! unit of the zoo in a ResNet-20 training step (+27%, docs/performance.md). Here each
+//! unit of the zoo in a ResNet-20 training step (+27% when composed so). Here each
 //! channel plane is handled whole while it sits in cache: two sums, then the product; the
 //! backward recomputes them and writes `dX` over the `dY` it is handed.
 //!

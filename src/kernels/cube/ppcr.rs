@@ -4,7 +4,7 @@
 //! Classification" (arXiv 2303.01917); the unit is defined in `ppcr.rs`. On a GPU the tensor
 //! formulation is a dozen small kernel launches per call, each a pass over a feature-map-sized
 //! tensor: PyTorch's version of it made a ResNet-20 training step 2.78x as long on an H100
-//! (docs/performance.md). Here a forward is one launch and a backward two (the kernel, then
+//! (docs/gpu.md). Here a forward is one launch and a backward two (the kernel, then
 //! one reduction over the batch of each sample's share of the weights' gradient). Every
 //! thread sums channels into the finest pyramid groups' sums; the pixel's coarser groups,
 //! normalization, integration and sigmoid are computed in registers, with the depth a
