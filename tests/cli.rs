@@ -239,6 +239,20 @@ fn bench_times_the_shapes_it_is_given_and_refuses_bad_options_before_timing() {
             &["--suite", "network", "--resnet18-input", "4"],
             &["--resnet18-input 4", "at least 8 px"],
         ),
+        // Options a suite does not use are refused, not ignored.
+        (&["--suite", "soak", "--json"], &["--json", "soak"]),
+        (&["--suite", "unit", "--attn", "se"], &["--attn", "unit"]),
+        (
+            &["--suite", "network", "--minutes", "1"],
+            &["--minutes", "soak"],
+        ),
+        (&["--suite", "units", "--batch", "4"], &["--batch", "step"]),
+        (&["--suite", "step", "--attn", "se,ppcr"], &["at most one"]),
+        // One unit list for bench, profile and compare: `all` works, a repeat does not.
+        (
+            &["--suite", "network", "--attn", "none,none"],
+            &["'none' is listed twice"],
+        ),
     ] {
         let output = ppcr(["bench"].iter().chain(args));
         assert_clean_failure(&output, needles);
@@ -246,6 +260,39 @@ fn bench_times_the_shapes_it_is_given_and_refuses_bad_options_before_timing() {
     }
     let output = ppcr(["profile", "--batch", "0"]);
     assert_clean_failure(&output, &["--batch", "at least 1"]);
+
+    let output = ppcr([
+        "bench", "--suite", "units", "--attn", "all", "--shape", "2x16x4x4", "--runs", "1",
+        "--warmup", "0",
+    ]);
+    assert_success(&output);
+    assert!(stdout(&output).contains("ppcr"), "{}", stdout(&output));
+    let output = ppcr([
+        "bench", "--suite", "step", "--input", "16", "--batch", "2", "--runs", "1", "--warmup", "0",
+    ]);
+    assert_success(&output);
+    assert!(
+        stdout(&output).contains("resnet20 + none at 16 px, batch 2: training step"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn compare_refuses_a_seed_it_would_not_use() {
+    let folder = tempfile::tempdir().unwrap();
+    let out = folder.path().join("cmp");
+    let output = ppcr([
+        "compare",
+        "--seed",
+        "3",
+        "--attn",
+        "none",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&output, &["--seed 3", "--first-seed 3"]);
+    assert!(!out.exists(), "nothing is written before the refusal");
 }
 
 #[test]

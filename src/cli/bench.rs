@@ -42,12 +42,12 @@ pub struct BenchArgs {
     /// Which benchmarks.
     #[arg(long, value_enum, default_value_t = Suite::All)]
     suite: Suite,
-    /// Timed runs per measurement (the median is reported).
-    #[arg(long, default_value_t = 7, value_parser = at_least_one)]
-    runs: usize,
-    /// Untimed warm-up runs per measurement.
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
+    /// Timed runs per measurement (the median is reported) [default: 7].
+    #[arg(long = "runs", value_parser = at_least_one)]
+    runs_given: Option<usize>,
+    /// Untimed warm-up runs per measurement [default: 2].
+    #[arg(long = "warmup")]
+    warmup_given: Option<usize>,
     /// Units for the units and network suites, comma-separated, or "all" [default: all].
     #[arg(long = "attn")]
     attention: Option<String>,
@@ -56,18 +56,19 @@ pub struct BenchArgs {
     /// 224 px].
     #[arg(long = "shape", value_delimiter = ',', value_parser = parse_shape)]
     shapes: Option<Vec<[usize; 4]>>,
-    /// ResNet-18 input size for the network suite.
-    #[arg(long, default_value_t = 112)]
-    resnet18_input: usize,
+    /// ResNet-18 input size for the network suite [default: 112].
+    #[arg(long = "resnet18-input")]
+    resnet18_input_given: Option<usize>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
-    /// Length of the soak run, minutes.
-    #[arg(long, default_value_t = 30.0)]
-    minutes: f64,
-    /// Where the soak run writes its memory curve (epoch, seconds, resident MiB).
-    #[arg(long, default_value = "soak.csv")]
-    soak_csv: PathBuf,
+    /// Length of the soak run, minutes [default: 30].
+    #[arg(long = "minutes")]
+    minutes_given: Option<f64>,
+    /// Where the soak run writes its memory curve (epoch, seconds, resident MiB) [default:
+    /// soak.csv].
+    #[arg(long = "soak-csv")]
+    soak_csv_given: Option<PathBuf>,
     /// Backbone of the step suite [default: resnet20].
     #[arg(long)]
     backbone: Option<Backbone>,
@@ -81,24 +82,72 @@ pub struct BenchArgs {
     device: DeviceArgs,
 }
 
-/// Refuse the step suite's options with any other suite, and the others' with it.
+impl BenchArgs {
+    fn runs(&self) -> usize {
+        self.runs_given.unwrap_or(7)
+    }
+
+    fn warmup(&self) -> usize {
+        self.warmup_given.unwrap_or(2)
+    }
+
+    fn resnet18_input(&self) -> usize {
+        self.resnet18_input_given.unwrap_or(112)
+    }
+}
+
+/// Refuse every option the chosen suite does not use, so no flag is silently ignored.
 fn check_suite_options(args: &BenchArgs) -> anyhow::Result<()> {
-    let step_only = [
-        ("--backbone", args.backbone.is_some()),
-        ("--input", args.input.is_some()),
-        ("--batch", args.batch.is_some()),
+    use Suite::*;
+    // (flag, given, the suites that use it; `all` uses what its four suites use)
+    let options: [(&str, bool, &[Suite]); 11] = [
+        (
+            "--runs",
+            args.runs_given.is_some(),
+            &[Unit, Units, Network, EndToEnd, All, Step],
+        ),
+        (
+            "--warmup",
+            args.warmup_given.is_some(),
+            &[Unit, Units, Network, EndToEnd, All, Step],
+        ),
+        (
+            "--attn",
+            args.attention.is_some(),
+            &[Units, Network, All, Step],
+        ),
+        ("--shape", args.shapes.is_some(), &[Unit, Units, All]),
+        (
+            "--resnet18-input",
+            args.resnet18_input_given.is_some(),
+            &[Network, All],
+        ),
+        ("--json", args.json, &[Unit, Units, Network, EndToEnd, All]),
+        ("--minutes", args.minutes_given.is_some(), &[Soak]),
+        ("--soak-csv", args.soak_csv_given.is_some(), &[Soak]),
+        ("--backbone", args.backbone.is_some(), &[Step]),
+        ("--input", args.input.is_some(), &[Step]),
+        ("--batch", args.batch.is_some(), &[Step]),
     ];
-    if args.suite != Suite::Step {
-        if let Some((flag, _)) = step_only.iter().find(|(_, given)| *given) {
-            anyhow::bail!("{flag} is an option of --suite step only");
+    let name = |suite: Suite| {
+        suite
+            .to_possible_value()
+            .expect("no suite is skipped")
+            .get_name()
+            .to_string()
+    };
+    for (flag, given, users) in options {
+        if given && !users.contains(&args.suite) {
+            let users: Vec<String> = users.iter().map(|&suite| name(suite)).collect();
+            anyhow::bail!(
+                "{flag}: --suite {} does not use it (the suites that do: {})",
+                name(args.suite),
+                users.join(", ")
+            );
         }
-        return Ok(());
     }
-    let others = [("--shape", args.shapes.is_some()), ("--json", args.json)];
-    if let Some((flag, _)) = others.iter().find(|(_, given)| *given) {
-        anyhow::bail!("--suite step does not take {flag}");
-    }
-    if let Some(list) = &args.attention
+    if args.suite == Step
+        && let Some(list) = &args.attention
         && parse_units(list)?.len() > 1
     {
         anyhow::bail!("--suite step times one network: give at most one --attn unit");
@@ -118,7 +167,7 @@ fn run_step(args: &BenchArgs, device: &burn::tensor::Device) -> anyhow::Result<(
         Some(list) => parse_units(list)?[0],
         None => AttentionKind::None,
     };
-    let timing = step_bench(&case, kind, device, args.warmup, args.runs)
+    let timing = step_bench(&case, kind, device, args.warmup(), args.runs())
         .with_context(|| format!("--suite step with {} at {} px", case.backbone, case.input))?;
     println!(
         "{} + {} at {} px, batch {}: training step {:.1} ms (median of {} runs, {} warm-up)",
@@ -127,8 +176,8 @@ fn run_step(args: &BenchArgs, device: &burn::tensor::Device) -> anyhow::Result<(
         case.input,
         case.batch,
         timing.median_ms,
-        args.runs,
-        args.warmup
+        args.runs(),
+        args.warmup()
     );
     Ok(())
 }
@@ -137,7 +186,15 @@ fn run_step(args: &BenchArgs, device: &burn::tensor::Device) -> anyhow::Result<(
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     check_suite_options(args)?;
     if args.suite == Suite::Soak {
-        return super::soak::run(args.minutes, &args.soak_csv, &args.device.device()?);
+        let csv = args
+            .soak_csv_given
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("soak.csv"));
+        return super::soak::run(
+            args.minutes_given.unwrap_or(30.0),
+            &csv,
+            &args.device.device()?,
+        );
     }
     let device = args.device.device()?;
     if args.suite == Suite::Step {
@@ -177,7 +234,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         },
         NetworkCase {
             backbone: Backbone::ResNet18,
-            input: args.resnet18_input,
+            input: args.resnet18_input(),
             batch: 32,
             channels: 3,
         },
@@ -195,14 +252,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if wants(Suite::Network) {
         network_cases[1]
             .validate()
-            .with_context(|| format!("--resnet18-input {}", args.resnet18_input))?;
+            .with_context(|| format!("--resnet18-input {}", args.resnet18_input()))?;
     }
     if wants(Suite::Unit) {
-        let results = unit_bench(&shapes, &device, args.warmup, args.runs)?;
+        let results = unit_bench(&shapes, &device, args.warmup(), args.runs())?;
         if !args.json {
             println!(
                 "PPCR unit vs a copy of its input (median of {} runs; ratios: median of per-run ratios)",
-                args.runs
+                args.runs()
             );
             println!(
                 "{:<22} {:>18} {:>9} {:>9} {:>7} {:>11} {:>7} {:>12} {:>8} {:>10}",
@@ -245,10 +302,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         report.insert("unit".into(), json!(rows));
     }
     if wants(Suite::Units) {
-        let results = zoo_bench(&shapes, &units, &device, args.warmup, args.runs)?;
+        let results = zoo_bench(&shapes, &units, &device, args.warmup(), args.runs())?;
         if !args.json {
-            print_zoo_table(&results, "forward / copy", args.runs, |r| r.forward_ratio);
-            print_zoo_table(&results, "forward+backward / copy", args.runs, |r| {
+            print_zoo_table(&results, "forward / copy", args.runs(), |r| r.forward_ratio);
+            print_zoo_table(&results, "forward+backward / copy", args.runs(), |r| {
                 r.forward_backward_ratio
             });
         }
@@ -257,11 +314,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if wants(Suite::Network) {
         let mut all = Vec::new();
         for case in &network_cases {
-            let results = network_bench(case, &units, &device, args.warmup, args.runs)?;
+            let results = network_bench(case, &units, &device, args.warmup(), args.runs())?;
             if !args.json {
                 println!(
                     "{} at {} px, batch {} (median of {} runs; ratios to none, same run)",
-                    case.backbone, case.input, case.batch, args.runs
+                    case.backbone,
+                    case.input,
+                    case.batch,
+                    args.runs()
                 );
                 println!(
                     "{:<7} {:>10} {:>12} {:>8} {:>12} {:>8}",
@@ -285,7 +345,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         report.insert("network".into(), json!(all));
     }
     if wants(Suite::EndToEnd) {
-        let result = end_to_end_bench(&device, args.warmup, args.runs)?;
+        let result = end_to_end_bench(&device, args.warmup(), args.runs())?;
         if !args.json {
             println!(
                 "end to end: {}: {:.1} ms/step, {:.0} images/s",

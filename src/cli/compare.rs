@@ -46,6 +46,12 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     if args.seeds == 0 {
         anyhow::bail!("--seeds must be at least 1");
     }
+    if let Some(seed) = args.settings.seed() {
+        anyhow::bail!(
+            "--seed {seed}: compare trains seeds --first-seed, --first-seed + 1, ...; \
+             give --first-seed {seed} instead"
+        );
+    }
     let seeds: Vec<u64> = (args.first_seed..args.first_seed + args.seeds).collect();
     let mut base = resolve_config(&args.settings, false, &None)?;
     // Every run sees the same split, whatever its training seed.

@@ -31,6 +31,11 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    /// The `--seed` given, if any.
+    pub fn seed(&self) -> Option<u64> {
+        self.seed
+    }
+
     /// Write the given options into a training configuration (flags win over the file).
     pub fn apply(&self, config: &mut TrainConfig) {
         if let Some(data) = &self.data {

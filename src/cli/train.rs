@@ -68,8 +68,8 @@ pub struct TrainSettings {
     /// Warm-up epochs of the cosine schedule [default: 1].
     #[arg(long)]
     warmup_epochs: Option<f64>,
-    /// Epochs where the step schedule divides the rate by 10, e.g. 30,60 [default: none, the
-    /// rate stays constant].
+    /// Epochs where the step schedule divides the rate by 10, e.g. 30,60 [default with
+    /// --schedule step: half and three quarters of --epochs].
     #[arg(long, value_delimiter = ',')]
     milestones: Option<Vec<usize>>,
     /// Label smoothing [default: 0].
@@ -88,6 +88,13 @@ pub struct TrainSettings {
     /// Per-epoch log format: csv or jsonl [default: csv].
     #[arg(long)]
     log_format: Option<String>,
+}
+
+impl TrainSettings {
+    /// The `--seed` given, if any (`ppcr compare` takes its seeds from `--first-seed`).
+    pub fn seed(&self) -> Option<u64> {
+        self.data.seed()
+    }
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> anyhow::Result<T> {

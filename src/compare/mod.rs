@@ -20,7 +20,10 @@ pub use summary::{
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError {
     /// A `--shard K/N` value that is not one.
-    #[error("invalid shard '{0}': expected K/N with 0 <= K < N, e.g. 0/4")]
+    #[error(
+        "invalid shard '{0}': expected K/N with 0 <= K < N, e.g. 0/4 (shards count from 0; a \
+         Slurm array numbered from 1, --array=1-N, gives $((SLURM_ARRAY_TASK_ID - 1))/N)"
+    )]
     Shard(String),
     /// A finished run's files could not be read.
     #[error("{path}: {message}")]

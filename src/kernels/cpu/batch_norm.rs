@@ -30,8 +30,8 @@ use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
 use super::common::{
-    LANES, assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
-    lane_sum, on_flex_f32, unwritten, writable_contiguous,
+    self, LANES, assume_written, contiguous_values, dispatch_vector_width, flex_tensor,
+    items_per_task, lane_sum, on_flex_f32, unwritten, writable_contiguous,
 };
 
 /// Batch normalisation with the batch's own statistics, optionally followed by ReLU, as a
@@ -339,7 +339,7 @@ fn normalise_plane_generic(
 ) {
     if relu {
         for (y, &x) in y.iter_mut().zip(x) {
-            y.write((x * scale + shift).max(0.0));
+            y.write(common::relu(x * scale + shift));
         }
     } else {
         for (y, &x) in y.iter_mut().zip(x) {
@@ -713,6 +713,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_nan_input_gives_nan_outputs_with_relu() {
+        // A diverged layer must not come out as zeros: the trainer stops on a NaN loss.
+        let device = device();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(vec![1.0f32, f32::NAN, 3.0, 6.0], [2, 1, 1, 2]),
+            &device,
+        );
+        let (gamma, beta) = affine(1, 1, &device);
+        let (y, _, _) = batch_norm_train(x, gamma, beta, 1e-5, true);
+        assert!(values(y).iter().all(|v| v.is_nan()));
     }
 
     #[test]

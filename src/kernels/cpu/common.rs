@@ -124,6 +124,13 @@ pub(crate) fn lane_max(values: &[f32]) -> f32 {
     lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
+/// `max(x, 0)` that keeps NaN (`f32::max` would turn it into 0), so a diverging run still shows
+/// NaN in its loss instead of training on silently zeroed activations.
+#[inline(always)]
+pub(crate) fn relu(x: f32) -> f32 {
+    if x < 0.0 { 0.0 } else { x }
+}
+
 /// `1 / (1 + exp(-z))` with `exp` written out (Cephes' `expf`: round to a power of two, a
 /// degree-6 polynomial on the remainder, about 1 ulp), so loops over pixels
 /// vectorise; the library `exp` is a call per pixel. Exact at `z = 0` (a zero-weight PPCR unit

@@ -20,7 +20,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::common::{
-    PARALLEL_GRAIN, assume_written, contiguous_values, flex_tensor, on_flex_f32, unwritten,
+    PARALLEL_GRAIN, assume_written, contiguous_values, flex_tensor, on_flex_f32, relu, unwritten,
     writable_contiguous,
 };
 
@@ -133,7 +133,7 @@ fn forward(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
 #[inline(never)]
 fn add_relu_chunk(y: &mut [std::mem::MaybeUninit<f32>], a: &[f32], b: &[f32]) {
     for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-        y.write((a + b).max(0.0));
+        y.write(relu(a + b));
     }
 }
 
@@ -185,5 +185,13 @@ mod tests {
             &device,
         );
         assert_eq!(values(add_relu(a, b)), vec![0.0, 0.0, 1.0, 2.0]);
+        // NaN stays NaN (a diverged run must not come out as zeros).
+        let a =
+            Tensor::<4>::from_data(TensorData::new(vec![f32::NAN, -1.0], [1, 1, 1, 2]), &device);
+        let b = Tensor::<4>::from_data(
+            TensorData::new(vec![1.0f32, f32::NAN], [1, 1, 1, 2]),
+            &device,
+        );
+        assert!(values(add_relu(a, b)).iter().all(|v| v.is_nan()));
     }
 }
