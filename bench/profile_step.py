@@ -120,7 +120,6 @@ def ppcr_profile(args):
 def torch_profile(args):
     sys.path.insert(0, HERE)
     import torch
-    import torch.nn.functional as F
     from torch.profiler import ProfilerActivity, profile
 
     import pytorch_reference as reference
@@ -130,13 +129,7 @@ def torch_profile(args):
     images = torch.randn(args.batch, 3, args.input, args.input)
     labels = torch.arange(args.batch) % 10
     model = reference.ResNet(args.backbone, False, 3, args.input)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-
+    step = reference.sgd_step(model, images, labels)
     model.train()
     timing = reference.time_median(2, args.steps, step)
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -147,6 +147,18 @@ def time_median(warmup, runs, operation):
             "max_ms": max(samples), "runs": len(samples)}
 
 
+def sgd_step(model, images, labels):
+    """One SGD step (lr 0.01, no momentum) of `model` on one batch, as ppcr's benchmarks take it."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    return step
+
+
 def unit_shapes():
     shapes = [(f"resnet20@32 stage {i + 1}", (64, c, s, s))
               for i, (c, s) in enumerate([(16, 32), (32, 16), (64, 8)])]
@@ -184,13 +196,7 @@ def network_bench(kind, size, batch, channels, warmup, runs, units=("none", "ppc
         torch.manual_seed(0)
         model = ResNet(kind, unit == "ppcr", channels, size).to(DEVICE)
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(images), labels).backward()
-            optimizer.step()
-
+        step = sgd_step(model, images, labels)
         model.train()
         train = time_median(warmup, runs, step)
         model.eval()
