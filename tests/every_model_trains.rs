@@ -65,12 +65,25 @@ fn every_backbone_with_every_unit_runs_forward_and_backward() {
                 with: 0,
                 without: 0,
             };
-            for unit in model.attention_units() {
+            let units: Vec<_> = model.attention_units().collect();
+            // One unit in every block, of the kind asked for: a model without them would pass
+            // the gradient checks below with nothing to check.
+            assert!(!units.is_empty(), "{backbone}+{kind}: no attention units");
+            for unit in &units {
+                assert_eq!(unit.kind(), *kind, "{backbone}+{kind}");
                 unit.visit(&mut presence);
             }
             assert_eq!(
                 presence.without, 0,
                 "{backbone}+{kind}: attention params without gradient"
+            );
+            // Only the identity and SimAM (parameter-free) have no parameters to check.
+            let parameter_free = matches!(kind, AttentionKind::None | AttentionKind::SimAm);
+            assert_eq!(
+                presence.with == 0,
+                parameter_free,
+                "{backbone}+{kind}: {} attention params with gradient",
+                presence.with
             );
             let mut all = GradientPresence {
                 grads: &grads,

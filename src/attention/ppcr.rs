@@ -503,6 +503,130 @@ mod tests {
         assert!((standardised(&pixel1, 3) - (2.0 - mean1) / (var1 + 1e-5).sqrt()).abs() < 1e-12);
     }
 
+    /// `Y = X * sigmoid(sum_k w_k * (P_k - mean) / sqrt(var + eps))` at one pixel, in f64, from
+    /// the pixel's pyramid maps written out by hand.
+    fn hand_attention(maps: &[f64], weights: &[f64], epsilon: f64) -> f64 {
+        let k = maps.len() as f64;
+        let mean = maps.iter().sum::<f64>() / k;
+        let var = maps.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / k;
+        let z: f64 = maps
+            .iter()
+            .zip(weights)
+            .map(|(p, w)| w * (p - mean) / (var + epsilon).sqrt())
+            .sum();
+        1.0 / (1.0 + (-z).exp())
+    }
+
+    /// A unit of `levels` levels on 1x1 maps with the given per-map weights.
+    fn one_pixel_unit(channels: usize, levels: usize, weights: &[f32], device: &Device) -> Ppcr {
+        let mut ppcr = PpcrConfig::new(channels, [1, 1])
+            .with_levels(levels)
+            .init(device)
+            .unwrap();
+        ppcr.pixel_context_weights = Param::from_tensor(Tensor::from_data(
+            TensorData::new(weights.to_vec(), [weights.len(), 1, 1]),
+            device,
+        ));
+        ppcr
+    }
+
+    #[test]
+    fn three_levels_batch_of_two_and_a_constant_pixel_match_hand_computation() {
+        let device = device();
+        // Sample 0 holds 1, 2, 3, 6 in its four channels; sample 1 is constant (4 everywhere).
+        let data = vec![1.0f32, 2.0, 3.0, 6.0, 4.0, 4.0, 4.0, 4.0];
+        let x = Tensor::<4>::from_data(TensorData::new(data.clone(), [2, 4, 1, 1]), &device);
+        // K = 7 maps; weight 1 on the whole-channel mean, 0.5 on the last finest group.
+        let weights = [1.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5];
+        let y = values(one_pixel_unit(4, 3, &weights, &device).forward(x));
+        // Sample 0: level 0 (1+2+3+6)/4 = 3; level 1 1.5, 4.5; level 2 1, 2, 3, 6.
+        let maps = [3.0, 1.5, 4.5, 1.0, 2.0, 3.0, 6.0];
+        let weights: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
+        let a0 = hand_attention(&maps, &weights, 1e-5);
+        // The hand value itself: mean 3, var 18.5 / 7, z = 0.5 * 3 / sqrt(var + eps).
+        let z = 1.5 / (18.5f64 / 7.0 + 1e-5).sqrt();
+        assert!((a0 - 1.0 / (1.0 + (-z).exp())).abs() < 1e-12);
+        for c in 0..4 {
+            let expected = data[c] as f64 * a0;
+            assert!(
+                (y[c] as f64 - expected).abs() < 1e-5,
+                "c={c}: {} vs {expected}",
+                y[c]
+            );
+        }
+        // Sample 1: every map equals 4, so every standardised map is 0 and the attention is
+        // exactly one half, whatever the weights.
+        assert_eq!(&y[4..], &[2.0, 2.0, 2.0, 2.0]);
+    }
+
+    #[test]
+    fn five_levels_match_hand_computation() {
+        let device = device();
+        // One pixel whose channel c holds c, 16 channels, L = 5 (K = 31 maps).
+        let data: Vec<f32> = (0..16).map(|c| c as f32).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(data.clone(), [1, 16, 1, 1]), &device);
+        let mut weights = vec![0.0f32; 31];
+        weights[0] = 1.0; // level 0
+        weights[2] = -0.5; // level 1, group 1
+        weights[30] = 0.25; // level 4, group 15: channel 15 alone
+        let y = values(one_pixel_unit(16, 5, &weights, &device).forward(x));
+        // Level l has 2^l groups of 16 / 2^l consecutive channels; a group's mean is the mean
+        // of its first and last channel.
+        let mut maps = vec![7.5];
+        maps.extend([3.5, 11.5]);
+        maps.extend([1.5, 5.5, 9.5, 13.5]);
+        maps.extend((0..8).map(|g| 2.0 * g as f64 + 0.5));
+        maps.extend((0..16).map(|c| c as f64));
+        assert_eq!(maps.len(), 31);
+        let weights: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
+        let a = hand_attention(&maps, &weights, 1e-5);
+        for c in 0..16 {
+            let expected = data[c] as f64 * a;
+            assert!(
+                (y[c] as f64 - expected).abs() < 1e-5,
+                "c={c}: {} vs {expected}",
+                y[c]
+            );
+        }
+    }
+
+    #[test]
+    fn epsilon_sits_under_the_square_root_and_changes_a_near_constant_pixel() {
+        let device = device();
+        // Eight channels, all 0 but the last, 0.01: the 15 maps vary so little (biased
+        // variance 0.0729 * 0.01^2 = 7.3e-6) that eps = 1e-5 under the square root changes
+        // the attention by about 0.07.
+        let delta = 0.01f64;
+        let mut data = vec![0.0f32; 8];
+        data[7] = delta as f32;
+        let x = Tensor::<4>::from_data(TensorData::new(data, [1, 8, 1, 1]), &device);
+        let mut weights = vec![0.0f32; 15];
+        weights[14] = 1.0; // level 3, group 7: channel 7 alone
+        let y = values(one_pixel_unit(8, 4, &weights, &device).forward(x))[7] as f64;
+        let mut maps = vec![0.0; 15];
+        maps[0] = delta / 8.0;
+        maps[2] = delta / 4.0;
+        maps[6] = delta / 2.0;
+        maps[14] = delta;
+        let weights: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
+        let with_eps = delta * hand_attention(&maps, &weights, 1e-5);
+        let without_eps = delta * hand_attention(&maps, &weights, 0.0);
+        // eps added to the standard deviation instead of the variance.
+        let k = 15.0;
+        let mean = maps.iter().sum::<f64>() / k;
+        let std = (maps.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / k).sqrt();
+        let outside = delta / (1.0 + (-(delta - mean) / (std + 1e-5)).exp());
+        assert!((y - with_eps).abs() < 2e-6, "{y} vs {with_eps}");
+        assert!(
+            (y - without_eps).abs() > 5e-4,
+            "{y} vs no eps {without_eps}"
+        );
+        assert!(
+            (y - outside).abs() > 5e-4,
+            "{y} vs eps outside the root {outside}"
+        );
+    }
+
     #[test]
     fn factorised_forward_matches_the_literal_formulation() {
         let device = device();
