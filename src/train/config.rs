@@ -77,9 +77,11 @@ pub struct TrainConfig {
     /// Weight the loss by inverse class frequency (for imbalanced sets).
     pub class_weighted: bool,
     /// Seed of weight init, data order and augmentation.
+    #[serde(with = "seed_in_toml")]
     pub seed: u64,
     /// Seed of any train/val/test split drawn from the data; `None` uses `seed`. Comparisons
     /// over seeds fix it, so every run sees the same split.
+    #[serde(with = "seed_in_toml::optional", default)]
     pub split_seed: Option<u64>,
     /// Augmentations; `None` picks the default for the input size.
     pub augment: Option<AugmentConfig>,
@@ -207,8 +209,96 @@ impl TrainConfig {
     }
 }
 
+/// Seeds in a TOML file: TOML integers stop at `i64::MAX`, so a larger `u64` seed is written as
+/// a string of its digits; both forms read back, so every `u64` seed can be saved and resumed.
+mod seed_in_toml {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// An integer or a string of digits, as a seed may be written.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Integer(u64),
+        Digits(String),
+    }
+
+    impl Written {
+        fn value<E: Error>(self) -> Result<u64, E> {
+            match self {
+                Written::Integer(value) => Ok(value),
+                Written::Digits(text) => text.trim().parse().map_err(|_| {
+                    E::custom(format!(
+                        "seed '{text}' is not an integer from 0 to {}",
+                        u64::MAX
+                    ))
+                }),
+            }
+        }
+    }
+
+    pub fn serialize<S: Serializer>(seed: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        match i64::try_from(*seed) {
+            Ok(value) => serializer.serialize_i64(value),
+            Err(_) => serializer.serialize_str(&seed.to_string()),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        Written::deserialize(deserializer)?.value()
+    }
+
+    /// The same for an optional seed (absent: `None`).
+    pub mod optional {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        use super::Written;
+
+        pub fn serialize<S: Serializer>(
+            seed: &Option<u64>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match seed {
+                Some(seed) => super::serialize(seed, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<u64>, D::Error> {
+            Option::<Written>::deserialize(deserializer)?
+                .map(Written::value)
+                .transpose()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_u64_seed_survives_a_round_trip_through_toml() {
+        for seed in [0, 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+            let config = TrainConfig {
+                seed,
+                split_seed: Some(seed),
+                ..TrainConfig::default()
+            };
+            let text = config.to_toml();
+            let back = TrainConfig::from_toml(&text).unwrap();
+            assert_eq!((back.seed, back.split_seed), (seed, Some(seed)), "{text}");
+        }
+        // Old files with an integer seed and no split seed still read.
+        let mut table: toml::Table = toml::from_str(&TrainConfig::default().to_toml()).unwrap();
+        table.insert("seed".into(), toml::Value::Integer(7));
+        table.remove("split_seed");
+        let back = TrainConfig::from_toml(&toml::to_string(&table).unwrap()).unwrap();
+        assert_eq!((back.seed, back.split_seed), (7, None));
+        table.insert("seed".into(), toml::Value::String("12x".into()));
+        let error = TrainConfig::from_toml(&toml::to_string(&table).unwrap()).unwrap_err();
+        assert!(error.to_string().contains("seed '12x'"), "{error}");
+    }
+
     use super::*;
 
     #[test]
