@@ -259,8 +259,9 @@ impl ResNet {
         if size_bound && (height != self.input_size || width != self.input_size) {
             return Err(ModelError::InputMismatch(format!(
                 "model was built for {0}x{0} inputs (its PPCR units hold per-pixel weights) but \
-                 was fed {height}x{width}; resize the images to {0} px or build the units with \
-                 ppcr_resize_to_input",
+                 was fed {height}x{width}; resize the images to {0} px (--size {0}), or train \
+                 with `ppcr_resize_to_input = true` in a --config file so its units resample \
+                 their weights",
                 self.input_size
             )));
         }

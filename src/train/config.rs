@@ -46,6 +46,9 @@ pub struct TrainConfig {
     pub attention: AttentionKind,
     /// PPCR pyramid levels.
     pub ppcr_levels: usize,
+    /// Let PPCR resample its per-pixel weights when the model is later fed another input size
+    /// (evaluation or prediction at another resolution) instead of refusing it.
+    pub ppcr_resize_to_input: bool,
     /// SE/CBAM reduction ratio.
     pub reduction: usize,
     /// Stem override (`imagenet` or `small`); `None` picks by backbone and size.
@@ -108,6 +111,7 @@ impl Default for TrainConfig {
             backbone: Backbone::ResNet20,
             attention: AttentionKind::Ppcr,
             ppcr_levels: 4,
+            ppcr_resize_to_input: false,
             reduction: 16,
             stem: None,
             shortcut: None,

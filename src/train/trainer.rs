@@ -81,6 +81,7 @@ pub(crate) fn model_config(
     }
     let attention = AttentionConfig::new(config.attention)
         .with_ppcr_levels(config.ppcr_levels)
+        .with_ppcr_resize_to_input(config.ppcr_resize_to_input)
         .with_reduction(config.reduction);
     let mut model = ResNetConfig::new(config.backbone, attention, dataset.num_classes())
         .with_in_channels(shape.channels)
@@ -568,6 +569,22 @@ mod tests {
         let differences = config_differences(&saved, &other);
         assert_eq!(differences.len(), 1);
         assert!(differences[0].starts_with("lr:"), "{differences:?}");
+    }
+
+    #[test]
+    fn the_resize_key_reaches_the_model_configuration() {
+        let dataset =
+            crate::data::builtin_breastmnist(&crate::data::LoadOptions::default()).unwrap();
+        for resize in [false, true] {
+            let config = TrainConfig {
+                ppcr_resize_to_input: resize,
+                ..TrainConfig::default()
+            };
+            let model = model_config(&config, &dataset).unwrap();
+            assert_eq!(model.attention.ppcr_resize_to_input, resize);
+        }
+        let text = "ppcr_resize_to_input = true\n";
+        assert!(TrainConfig::from_toml(text).unwrap().ppcr_resize_to_input);
     }
 
     #[test]
