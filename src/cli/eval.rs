@@ -109,7 +109,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             split.len(),
             evaluation.loss
         );
-        println!("{}", evaluation.report.summary());
+        println!("{}", evaluation.report.summary_named(&dataset.class_names));
     }
     Ok(())
 }

@@ -238,6 +238,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         out.display()
     );
     println!("\ntest metrics ({} images):", dataset.test.len());
-    println!("{}", outcome.test.report.summary());
+    println!(
+        "{}",
+        outcome.test.report.summary_named(&dataset.class_names)
+    );
     Ok(())
 }

@@ -69,8 +69,15 @@ pub struct ClassificationReport {
 }
 
 impl ClassificationReport {
-    /// A short multi-line, human-readable summary for logs and terminals.
+    /// A short multi-line, human-readable summary for logs and terminals, classes by index.
     pub fn summary(&self) -> String {
+        let indices: Vec<String> = (0..self.per_class.len()).map(|c| c.to_string()).collect();
+        self.summary_named(&indices)
+    }
+
+    /// [`ClassificationReport::summary`] with the per-class rows labelled by `class_names`
+    /// (indices where a name is missing).
+    pub fn summary_named(&self, class_names: &[String]) -> String {
         let auc = |a: Option<f64>| a.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.4}"));
         let mut s = String::new();
         // Writing into a String cannot fail, hence the ignored results.
@@ -106,16 +113,22 @@ impl ClassificationReport {
             self.ece,
             self.brier
         );
+        let name = |c: usize| class_names.get(c).cloned().unwrap_or_else(|| c.to_string());
+        let width = (0..self.per_class.len())
+            .map(|c| name(c).chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(5);
         let _ = writeln!(
             s,
-            "{:>5} {:>9} {:>7} {:>11} {:>7} {:>7} {:>8}",
+            "{:>width$} {:>9} {:>7} {:>11} {:>7} {:>7} {:>8}",
             "class", "precision", "recall", "specificity", "f1", "auc", "support"
         );
         for (c, m) in self.per_class.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "{:>5} {:>9.4} {:>7.4} {:>11.4} {:>7.4} {:>7} {:>8}",
-                c,
+                "{:>width$} {:>9.4} {:>7.4} {:>11.4} {:>7.4} {:>7} {:>8}",
+                name(c),
                 m.precision,
                 m.recall,
                 m.specificity,
@@ -194,5 +207,10 @@ mod tests {
         assert!(summary.contains("AUC (macro OvR) 0.7500"), "{summary}");
         // Header, then one line per class.
         assert_eq!(summary.lines().count(), 6 + 1 + 2);
+        let names = ["benign".to_string(), "malignant".to_string()];
+        let named = sample_report().summary_named(&names);
+        let rows: Vec<&str> = named.lines().skip(7).collect();
+        assert!(rows[0].trim_start().starts_with("benign "), "{named}");
+        assert!(rows[1].trim_start().starts_with("malignant "), "{named}");
     }
 }
