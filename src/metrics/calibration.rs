@@ -9,6 +9,9 @@
 //! The Brier score is the multi-class form of Brier, "Verification of forecasts
 //! expressed in terms of probability", Monthly Weather Review 78(1), 1950:
 //! the mean over samples of `sum_k (p_k - [k == y])^2`, ranging from 0 (perfect) to 2.
+//! With two classes that sum counts the one error twice; the binary form users compare with
+//! (scikit-learn's `brier_score_loss` of class 1) is `mean (p_1 - y)^2`, exactly half of it,
+//! ranging from 0 to 1 ([`BrierForm`]).
 
 use super::MetricsError;
 use super::input::{argmax_rows, validate_inputs};
@@ -32,6 +35,45 @@ pub fn expected_calibration_error(
         .map(|(row, (&pred, &label))| (f64::from(row[pred]), pred == label))
         .unzip();
     Ok(ece_from_confidences(&confidences, &correct, ECE_BINS))
+}
+
+/// Which Brier score a report holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BrierForm {
+    /// `mean (p_1 - y)^2` of the second class, for two-class tasks (0 to 1).
+    Binary,
+    /// `mean sum_k (p_k - [k == y])^2`, for three or more classes (0 to 2); also what reports
+    /// written before the binary form existed hold.
+    #[default]
+    MultiClass,
+}
+
+impl BrierForm {
+    /// The form ppcr reports for `num_classes` classes.
+    pub fn for_classes(num_classes: usize) -> Self {
+        if num_classes == 2 {
+            BrierForm::Binary
+        } else {
+            BrierForm::MultiClass
+        }
+    }
+
+    /// `binary` or `multi-class`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BrierForm::Binary => "binary",
+            BrierForm::MultiClass => "multi-class",
+        }
+    }
+
+    /// The score in this form, from the multi-class one.
+    pub fn from_multi_class(self, multi_class: f64) -> f64 {
+        match self {
+            BrierForm::Binary => multi_class / 2.0,
+            BrierForm::MultiClass => multi_class,
+        }
+    }
 }
 
 /// Multi-class Brier score: mean squared distance between the probability row and

@@ -24,7 +24,7 @@ mod report;
 
 pub use agreement::{cohen_kappa, quadratic_weighted_kappa};
 pub use auc::{OneVsRestAuc, RocCurve, binary_auc, one_vs_rest_auc, roc_curve, roc_curves};
-pub use calibration::{ECE_BINS, brier_score, expected_calibration_error};
+pub use calibration::{BrierForm, ECE_BINS, brier_score, expected_calibration_error};
 pub use classification::{
     AveragedScores, ClassScores, accuracy, balanced_accuracy, f1, macro_average, per_class_scores,
     precision, recall, specificity, weighted_average,
@@ -78,7 +78,12 @@ pub fn evaluate(
         kappa_quadratic: quadratic_weighted_kappa(&cm),
         auc_macro: auc.macro_auc,
         ece: expected_calibration_error(probabilities, num_classes, labels)?,
-        brier: brier_score(probabilities, num_classes, labels)?,
+        brier: BrierForm::for_classes(num_classes).from_multi_class(brier_score(
+            probabilities,
+            num_classes,
+            labels,
+        )?),
+        brier_form: BrierForm::for_classes(num_classes),
         confusion_matrix: cm.to_rows(),
         per_class,
     })
@@ -121,7 +126,13 @@ mod tests {
         assert!(close(r.kappa_quadratic, 0.5));
         assert!(close(r.auc_macro.unwrap(), 0.75));
         assert!(close(r.ece, 0.3375));
-        assert!(close(r.brier, 0.32875));
+        // Two classes: the binary form, half the multi-class sum (0.32875).
+        assert_eq!(r.brier_form, BrierForm::Binary);
+        assert!(close(r.brier, 0.164375));
+        // Three classes keep the multi-class form: (0.5^2 + 0.5^2) and (1 + 1), averaged.
+        let three = evaluate(&[0.5, 0.5, 0.0, 0.0, 0.0, 1.0], 3, &[0, 1]).unwrap();
+        assert_eq!(three.brier_form, BrierForm::MultiClass);
+        assert!(close(three.brier, (0.5 + 2.0) / 2.0));
         let c0 = &r.per_class[0];
         assert!(close(c0.precision, 2.0 / 3.0) && close(c0.recall, 1.0));
         assert!(close(c0.specificity, 0.5) && close(c0.f1, 0.8));

@@ -60,8 +60,13 @@ pub struct ClassificationReport {
     pub auc_macro: Option<f64>,
     /// Expected calibration error with 15 bins.
     pub ece: f64,
-    /// Multi-class Brier score.
+    /// Brier score, in the form [`ClassificationReport::brier_form`] names: binary for two
+    /// classes (scikit-learn's `brier_score_loss`), multi-class otherwise.
     pub brier: f64,
+    /// Which Brier score `brier` is (reports written before this field held the multi-class
+    /// form, which is what they read back as).
+    #[serde(default)]
+    pub brier_form: super::BrierForm,
     /// Counts, rows = true class, columns = predicted class.
     pub confusion_matrix: Vec<Vec<u64>>,
     /// Per-class metrics, indexed by class.
@@ -108,9 +113,10 @@ impl ClassificationReport {
         );
         let _ = writeln!(
             s,
-            "AUC (macro OvR) {} | ECE {:.4} | Brier {:.4}",
+            "AUC (macro OvR) {} | ECE {:.4} | Brier ({}) {:.4}",
             auc(self.auc_macro),
             self.ece,
+            self.brier_form.name(),
             self.brier
         );
         let name = |c: usize| class_names.get(c).cloned().unwrap_or_else(|| c.to_string());
@@ -170,6 +176,7 @@ mod tests {
             "auc_macro",
             "ece",
             "brier",
+            "brier_form",
             "confusion_matrix",
             "per_class",
         ];
@@ -178,6 +185,12 @@ mod tests {
             assert!(object.contains_key(key), "missing key {key}");
         }
         assert_eq!(object.len(), keys.len());
+        assert_eq!(json["brier_form"], "binary");
+        // A report written before the form was recorded reads back as multi-class.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("brier_form");
+        let old: super::ClassificationReport = serde_json::from_value(old).unwrap();
+        assert_eq!(old.brier_form, super::super::BrierForm::MultiClass);
         assert_eq!(
             json["confusion_matrix"],
             serde_json::json!([[2, 0], [1, 1]])

@@ -439,6 +439,7 @@ fn metrics_table(
     val_loss: Option<f64>,
     test_loss: Option<f64>,
 ) -> String {
+    let brier = format!("Brier score ({})", test.brier_form.name());
     let rows: [(&str, Option<f64>, Option<f64>); 11] = [
         ("accuracy", Some(val.accuracy), Some(test.accuracy)),
         (
@@ -465,7 +466,7 @@ fn metrics_table(
         ),
         ("AUC (macro one-vs-rest)", val.auc_macro, test.auc_macro),
         ("ECE (15 bins)", Some(val.ece), Some(test.ece)),
-        ("Brier score", Some(val.brier), Some(test.brier)),
+        (&brier, Some(val.brier), Some(test.brier)),
         ("loss", val_loss, test_loss),
     ];
     let mut html = String::from(
