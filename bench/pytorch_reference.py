@@ -187,6 +187,46 @@ def unit_bench(warmup, runs):
     return rows
 
 
+def conv_shapes(resnet18_input):
+    """The convolution shapes of `ppcr bench --suite conv` (src/profile/conv.rs), in its order:
+    (label, batch, in channels, out channels, size, kernel, stride)."""
+    shapes = [("resnet20 stem", 64, 3, 16, 32, 3, 1), ("resnet20 stage 1", 64, 16, 16, 32, 3, 1),
+              ("resnet20 stage 2 down", 64, 16, 32, 32, 3, 2),
+              ("resnet20 stage 2", 64, 32, 32, 16, 3, 1),
+              ("resnet20 stage 3 down", 64, 32, 64, 16, 3, 2),
+              ("resnet20 stage 3", 64, 64, 64, 8, 3, 1),
+              ("resnet18 stem 7x7", 32, 3, 64, resnet18_input, 7, 2)]
+    size = ((resnet18_input + 6 - 7) // 2 + 1 + 1) // 2
+    shapes.append(("resnet18 stage 1", 32, 64, 64, size, 3, 1))
+    for stage, channels in [(2, 128), (3, 256), (4, 512)]:
+        wide = channels // 2
+        shapes.append((f"resnet18 stage {stage} down", 32, wide, channels, size, 3, 2))
+        shapes.append((f"resnet18 stage {stage} 1x1 down", 32, wide, channels, size, 1, 2))
+        size = (size + 2 - 3) // 2 + 1
+        shapes.append((f"resnet18 stage {stage}", 32, channels, channels, size, 3, 1))
+    return shapes
+
+
+def conv_bench(resnet18_input, warmup, runs):
+    rows = []
+    for label, batch, cin, cout, size, kernel, stride in conv_shapes(resnet18_input):
+        torch.manual_seed(0)
+        x = torch.randn(batch, cin, size, size, device=DEVICE)
+        conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False).to(DEVICE)
+        with torch.no_grad():
+            forward = time_median(warmup, runs, lambda: conv(x))
+        x_train = x.clone().requires_grad_(True)
+        seed = torch.ones_like(conv(x_train))
+        forward_backward = time_median(warmup, runs, lambda: conv(x_train).backward(seed))
+        out = (size + 2 * (kernel // 2) - kernel) // stride + 1
+        flops = 2.0 * batch * cout * out * out * cin * kernel * kernel
+        rows.append({"label": label, "input": [batch, cin, size, size],
+                     "filter": [cout, kernel, stride], "forward": forward,
+                     "forward_backward": forward_backward,
+                     "forward_gflops": flops / (forward["median_ms"] * 1e6)})
+    return rows
+
+
 def network_bench(kind, size, batch, channels, warmup, runs, units=("none", "ppcr")):
     torch.manual_seed(0)
     images = torch.randn(batch, channels, size, size, device=DEVICE)
@@ -216,16 +256,18 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--resnet18-input", type=int, default=112)
+    parser.add_argument("--resnet18-input", type=int, default=None,
+                        help="ResNet-18 input size (default: 112 for network, 224 for conv)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--suites", default="unit,network,end-to-end",
-                        help="comma-separated: unit, network, end-to-end")
+                        help="comma-separated: unit, network, end-to-end, conv (conv is not in "
+                             "the default)")
     args = parser.parse_args()
     suites = set(args.suites.split(","))
-    unknown = suites - {"unit", "network", "end-to-end"}
+    unknown = suites - {"unit", "network", "end-to-end", "conv"}
     if unknown:
-        parser.error(f"unknown suites {sorted(unknown)}; valid: unit, network, end-to-end")
+        parser.error(f"unknown suites {sorted(unknown)}; valid: unit, network, end-to-end, conv")
     global DEVICE
     DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -236,28 +278,41 @@ def main():
     report["unit"] = unit_bench(args.warmup, args.runs) if "unit" in suites else []
     report["network"] = (
         network_bench("resnet20", 32, 64, 3, args.warmup, args.runs)
-        + network_bench("resnet18", args.resnet18_input, 32, 3, args.warmup, args.runs)
+        + network_bench("resnet18", args.resnet18_input or 112, 32, 3, args.warmup, args.runs)
     ) if "network" in suites else []
     if "end-to-end" in suites:
         end = network_bench("resnet20", 28, 32, 1, args.warmup, args.runs, units=("ppcr",))[0]
         report["end_to_end"] = {"description": "resnet20 + ppcr, 28x28x1, batch 32, SGD step",
                                 "step": end["train_step"],
                                 "images_per_second": 32 / (end["train_step"]["median_ms"] / 1e3)}
+    report["conv"] = (conv_bench(args.resnet18_input or 224, args.warmup, args.runs)
+                      if "conv" in suites else [])
     if args.json:
         print(json.dumps(report, indent=2))
         return
     where = report.get("gpu", f"{args.threads} threads")
     print(f"PyTorch {torch.__version__}, {report['device']} ({where}), eager, "
           f"median of {args.runs}")
-    print(f"{'where':<22} {'shape':>18} {'copy ms':>9} {'fwd ms':>9} {'fwd/cp':>7} "
-          f"{'fwd+bwd ms':>11} {'f+b/cp':>7}")
+    if report["conv"]:
+        print(f"{'where':<26} {'in':>16} {'filter':>7} {'fwd ms':>9} {'GFLOP/s':>8} "
+              f"{'fwd+bwd ms':>11}")
+        for r in report["conv"]:
+            cout, kernel, stride = r["filter"]
+            print(f"{r['label']:<26} {'x'.join(map(str, r['input'])):>16} "
+                  f"{f'{cout}x{kernel}/{stride}':>7} {r['forward']['median_ms']:>9.3f} "
+                  f"{r['forward_gflops']:>8.0f} {r['forward_backward']['median_ms']:>11.3f}")
+        print()
+    if report["unit"]:
+        print(f"{'where':<22} {'shape':>18} {'copy ms':>9} {'fwd ms':>9} {'fwd/cp':>7} "
+              f"{'fwd+bwd ms':>11} {'f+b/cp':>7}")
     for r in report["unit"]:
         print(f"{r['label']:<22} {str(r['shape']):>18} {r['copy']['median_ms']:>9.3f} "
               f"{r['forward']['median_ms']:>9.3f} {r['forward_ratio']:>7.2f} "
               f"{r['forward_backward']['median_ms']:>11.3f} {r['forward_backward_ratio']:>7.2f}")
-    print()
-    print(f"{'network':<16} {'attn':<6} {'params':>10} {'train ms':>10} {'ratio':>7} "
-          f"{'infer ms':>10} {'ratio':>7}")
+    if report["network"]:
+        print()
+        print(f"{'network':<16} {'attn':<6} {'params':>10} {'train ms':>10} {'ratio':>7} "
+              f"{'infer ms':>10} {'ratio':>7}")
     for r in report["network"]:
         print(f"{r['backbone'] + '@' + str(r['input']):<16} {r['attention']:<6} "
               f"{r['params']:>10} {r['train_step']['median_ms']:>10.1f} "

@@ -13,6 +13,7 @@ pub mod data;
 pub mod explain;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gpu;
 #[doc(hidden)]
 pub(crate) mod kernels;
 pub mod metrics;

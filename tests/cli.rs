@@ -534,3 +534,39 @@ fn report_writes_a_page_and_refuses_bad_input_clearly() {
     let output = ppcr(["report"]);
     assert_clean_failure(&output, &["FOLDER"]);
 }
+
+/// Runs `ppcr args` with its standard output a pipe that is closed before the command writes
+/// anything, as `ppcr ... | head -0` would leave it; returns its exit status and stderr.
+fn with_closed_stdout(args: &[std::ffi::OsString]) -> (std::process::ExitStatus, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ppcr"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_pipe_neither_panics_nor_stops_training() {
+    let (status, stderr) = with_closed_stdout(&["models".into()]);
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let args: Vec<std::ffi::OsString> = common::tiny_train_args(&run, 2)
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let (status, stderr) = with_closed_stdout(&args);
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(run.join("metrics.json").exists(), "the run finished");
+}

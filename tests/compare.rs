@@ -93,7 +93,29 @@ fn sharded_grid_is_collected_and_finished_runs_are_not_retrained() {
     let csv = std::fs::read_to_string(out.join("compare.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3);
 
+    assert_eq!(summary["settings"]["epochs"], 2);
+    assert_eq!(summary["settings"]["batch_size"], 4);
+    assert!(summary["settings"].get("seed").is_none());
+
     let bad = ppcr(["compare", "--shard", "2/2", "--out", out_arg]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("2/2"));
+
+    // The same folder with another setting: refused before anything trains, naming the runs
+    // and the setting; the finished runs stay as they were.
+    let mut args = base.to_vec();
+    args[6] = "3";
+    let other = ppcr(&args);
+    common::assert_clean_failure(
+        &other,
+        &["other settings", "none-s0", "epochs: run has 2, now 3"],
+    );
+    assert!(!String::from_utf8_lossy(&other.stdout).contains("of this invocation"));
+    assert_eq!(
+        std::fs::metadata(out.join("runs/none-s0/metrics.json"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        untouched
+    );
 }

@@ -28,7 +28,7 @@ fn on_small_disk(folder: &Path, size: &str, script: &str) -> Option<Output> {
         .env("DISK", &disk)
         .output();
     if !probe.is_ok_and(|output| output.status.success()) {
-        eprintln!("NOTICE: skipped: cannot mount a tmpfs in a user namespace (unshare -rm)");
+        common::skip("cannot mount a tmpfs in a user namespace (unshare -rm)");
         return None;
     }
     let data = common::fixtures().join("pbc_mini");

@@ -6,6 +6,17 @@ use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
 use super::{Ppcr, PpcrConfig, pyramid_maps};
 
+/// Under CI (`.ci/run` sets `PPCR_REQUIRE_ALL=1`) a test that cannot run fails with `notice`;
+/// elsewhere it prints the notice and the caller returns (cargo shows it with `--nocapture`).
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))] // Only the GPU kernels' tests can skip.
+pub fn skip(notice: &str) {
+    assert!(
+        std::env::var_os("PPCR_REQUIRE_ALL").is_none(),
+        "PPCR_REQUIRE_ALL is set and a test cannot run: {notice}"
+    );
+    eprintln!("NOTICE: skipped: {notice}");
+}
+
 /// The CPU device the tests run on.
 pub fn device() -> Device {
     Device::flex()

@@ -11,8 +11,8 @@ use super::units::parse_units;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
 use ppcr::profile::{
-    NetworkCase, UnitShape, ZooBench, end_to_end_bench, network_bench, step_bench, unit_bench,
-    unit_bench_shapes, zoo_bench,
+    NetworkCase, UnitShape, ZooBench, conv_bench, conv_bench_shapes, end_to_end_bench,
+    network_bench, step_bench, unit_bench, unit_bench_shapes, zoo_bench,
 };
 
 /// Which benchmarks to run.
@@ -34,6 +34,10 @@ pub enum Suite {
     /// Only training steps of one network (--backbone, --input, --batch; at most one --attn
     /// unit, default none), for a profiler to attach to (not part of `all`).
     Step,
+    /// Every convolution shape of ResNet-20@32 (batch 64) and ResNet-18 (batch 32, at
+    /// --resnet18-input px), forward and forward+backward, as the networks run them; set
+    /// against `bench/pytorch_reference.py --suites conv` (not part of `all`).
+    Conv,
 }
 
 /// Options of `ppcr bench`.
@@ -56,7 +60,8 @@ pub struct BenchArgs {
     /// 224 px].
     #[arg(long = "shape", value_delimiter = ',', value_parser = parse_shape)]
     shapes: Option<Vec<[usize; 4]>>,
-    /// ResNet-18 input size for the network suite [default: 112].
+    /// ResNet-18 input size: of the network suite [default: 112] and the conv suite [default:
+    /// 224].
     #[arg(long = "resnet18-input")]
     resnet18_input_given: Option<usize>,
     /// Print JSON instead of tables.
@@ -104,12 +109,12 @@ fn check_suite_options(args: &BenchArgs) -> anyhow::Result<()> {
         (
             "--runs",
             args.runs_given.is_some(),
-            &[Unit, Units, Network, EndToEnd, All, Step],
+            &[Unit, Units, Network, EndToEnd, All, Step, Conv],
         ),
         (
             "--warmup",
             args.warmup_given.is_some(),
-            &[Unit, Units, Network, EndToEnd, All, Step],
+            &[Unit, Units, Network, EndToEnd, All, Step, Conv],
         ),
         (
             "--attn",
@@ -120,9 +125,13 @@ fn check_suite_options(args: &BenchArgs) -> anyhow::Result<()> {
         (
             "--resnet18-input",
             args.resnet18_input_given.is_some(),
-            &[Network, All],
+            &[Network, All, Conv],
         ),
-        ("--json", args.json, &[Unit, Units, Network, EndToEnd, All]),
+        (
+            "--json",
+            args.json,
+            &[Unit, Units, Network, EndToEnd, All, Conv],
+        ),
         ("--minutes", args.minutes_given.is_some(), &[Soak]),
         ("--soak-csv", args.soak_csv_given.is_some(), &[Soak]),
         ("--backbone", args.backbone.is_some(), &[Step]),
@@ -169,7 +178,7 @@ fn run_step(args: &BenchArgs, device: &burn::tensor::Device) -> anyhow::Result<(
     };
     let timing = step_bench(&case, kind, device, args.warmup(), args.runs())
         .with_context(|| format!("--suite step with {} at {} px", case.backbone, case.input))?;
-    println!(
+    out!(
         "{} + {} at {} px, batch {}: training step {:.1} ms (median of {} runs, {} warm-up)",
         case.backbone,
         kind.name(),
@@ -179,6 +188,57 @@ fn run_step(args: &BenchArgs, device: &burn::tensor::Device) -> anyhow::Result<(
         args.runs(),
         args.warmup()
     );
+    Ok(())
+}
+
+/// `ppcr bench --suite conv`.
+fn run_conv(args: &BenchArgs, device: &burn::tensor::Device) -> anyhow::Result<()> {
+    let input = args.resnet18_input_given.unwrap_or(224);
+    if input < 32 {
+        anyhow::bail!("--resnet18-input {input}: the conv suite needs at least 32 px");
+    }
+    let results = conv_bench(
+        &conv_bench_shapes(input),
+        device,
+        args.warmup(),
+        args.runs(),
+    );
+    if args.json {
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "conv": results }))?
+        );
+        return Ok(());
+    }
+    out!(
+        "convolutions as the networks run them (median of {} runs, {} warm-up)",
+        args.runs(),
+        args.warmup()
+    );
+    out!(
+        "{:<26} {:>16} {:>7} {:>9} {:>8} {:>11}",
+        "where",
+        "in",
+        "filter",
+        "fwd ms",
+        "GFLOP/s",
+        "fwd+bwd ms"
+    );
+    for r in &results {
+        let shape = &r.shape;
+        out!(
+            "{:<26} {:>16} {:>7} {:>9.3} {:>8.0} {:>11.3}",
+            shape.label,
+            format!(
+                "{}x{}x{}x{}",
+                shape.batch, shape.in_channels, shape.size, shape.size
+            ),
+            format!("{}x{}/{}", shape.out_channels, shape.kernel, shape.stride),
+            r.forward.median_ms,
+            r.forward_gflops,
+            r.forward_backward.median_ms
+        );
+    }
     Ok(())
 }
 
@@ -199,6 +259,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let device = args.device.device()?;
     if args.suite == Suite::Step {
         return run_step(args, &device);
+    }
+    if args.suite == Suite::Conv {
+        return run_conv(args, &device);
     }
     let mut report = serde_json::Map::new();
     let wants = |suite| args.suite == suite || args.suite == Suite::All;
@@ -257,11 +320,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if wants(Suite::Unit) {
         let results = unit_bench(&shapes, &device, args.warmup(), args.runs())?;
         if !args.json {
-            println!(
+            out!(
                 "PPCR unit vs a copy of its input (median of {} runs; ratios: median of per-run ratios)",
                 args.runs()
             );
-            println!(
+            out!(
                 "{:<22} {:>18} {:>9} {:>9} {:>7} {:>11} {:>7} {:>12} {:>8} {:>10}",
                 "where",
                 "shape",
@@ -275,7 +338,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 "literal/fwd"
             );
             for r in &results {
-                println!(
+                out!(
                     "{:<22} {:>18} {:>9.3} {:>9.3} {:>7.2} {:>11.3} {:>7.2} {:>12.3} {:>8.2} {:>10.2}",
                     r.shape.label,
                     format!("{:?}", r.shape.shape),
@@ -289,7 +352,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     r.literal_ratio
                 );
             }
-            println!();
+            out!();
         }
         let rows: Vec<_> = results
             .iter()
@@ -316,19 +379,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         for case in &network_cases {
             let results = network_bench(case, &units, &device, args.warmup(), args.runs())?;
             if !args.json {
-                println!(
+                out!(
                     "{} at {} px, batch {} (median of {} runs; ratios to none, same run)",
                     case.backbone,
                     case.input,
                     case.batch,
                     args.runs()
                 );
-                println!(
+                out!(
                     "{:<7} {:>10} {:>12} {:>8} {:>12} {:>8}",
-                    "attn", "params", "train ms", "ratio", "infer ms", "ratio"
+                    "attn",
+                    "params",
+                    "train ms",
+                    "ratio",
+                    "infer ms",
+                    "ratio"
                 );
                 for r in &results {
-                    println!(
+                    out!(
                         "{:<7} {:>10} {:>12.1} {:>8.3} {:>12.1} {:>8.3}",
                         r.attention.name(),
                         r.params,
@@ -338,7 +406,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                         r.inference_ratio
                     );
                 }
-                println!();
+                out!();
             }
             all.extend(results);
         }
@@ -347,15 +415,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if wants(Suite::EndToEnd) {
         let result = end_to_end_bench(&device, args.warmup(), args.runs())?;
         if !args.json {
-            println!(
+            out!(
                 "end to end: {}: {:.1} ms/step, {:.0} images/s",
-                result.description, result.step.median_ms, result.images_per_second
+                result.description,
+                result.step.median_ms,
+                result.images_per_second
             );
         }
         report.insert("end_to_end".into(), json!(result));
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
 }
@@ -368,30 +438,30 @@ fn print_zoo_table(results: &[ZooBench], what: &str, runs: usize, ratio: fn(&Zoo
             kinds.push(r.attention);
         }
     }
-    println!(
+    out!(
         "attention units vs a copy of their input: {what} (median of {runs} runs; each unit in turns with its own copy)"
     );
-    print!("{:<22} {:>18} {:>9}", "where", "shape", "copy ms");
+    out_inline!("{:<22} {:>18} {:>9}", "where", "shape", "copy ms");
     for kind in &kinds {
-        print!(" {:>7}", kind.name());
+        out_inline!(" {:>7}", kind.name());
     }
-    println!();
+    out!();
     let mut rows = results.chunk_by(|a, b| a.shape.label == b.shape.label);
     for row in &mut rows {
         let first = &row[0];
         let mut copies: Vec<f64> = row.iter().map(|r| r.copy.median_ms).collect();
-        print!(
+        out_inline!(
             "{:<22} {:>18} {:>9.3}",
             first.shape.label,
             format!("{:?}", first.shape.shape),
             ppcr::profile::median(&mut copies)
         );
         for r in row {
-            print!(" {:>7.2}", ratio(r));
+            out_inline!(" {:>7.2}", ratio(r));
         }
-        println!();
+        out!();
     }
-    println!();
+    out!();
 }
 
 /// A count that must be positive: timed runs (a median needs one), a batch size.

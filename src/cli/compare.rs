@@ -10,8 +10,8 @@ use super::device::DeviceArgs;
 use super::progress::ConsoleProgress;
 use super::train::{TrainSettings, resolve_config};
 use super::units::parse_units;
-use ppcr::compare::{RunStatus, Shard, plan_runs, summarise, write_summary};
-use ppcr::train::train;
+use ppcr::compare::{CompareRun, RunStatus, Shard, plan_runs, summarise, write_summary};
+use ppcr::train::{saved_settings_differences, train};
 
 /// Options of `ppcr compare`; the training settings are those of `ppcr train`.
 #[derive(Args, Debug)]
@@ -59,6 +59,32 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     base.validate()
         .map_err(|problems| anyhow::anyhow!("invalid settings: {problems}"))?;
     let runs = plan_runs(&args.out, &units, &seeds);
+    let run_config = |run: &CompareRun| {
+        let mut config = base.clone();
+        config.attention = run.attention;
+        config.seed = run.seed;
+        config
+    };
+    // A run made with other settings (an earlier call with another --epochs or --lr) is not
+    // this comparison's run: refuse before training anything, as `train --resume` does.
+    let mut mismatched = Vec::new();
+    let saved = |run: &&CompareRun| {
+        run.dir.join("config.toml").is_file() && run.dir.join("run.json").is_file()
+    };
+    for run in runs.iter().filter(saved) {
+        let differences = saved_settings_differences(&run.dir, &run_config(run))?;
+        if !differences.is_empty() {
+            mismatched.push(format!("{}: {}", run.dir.display(), differences.join("; ")));
+        }
+    }
+    if !mismatched.is_empty() {
+        anyhow::bail!(
+            "{} holds runs made with other settings, which this comparison would mix in:\n  {}\n\
+             give another --out, or the settings those runs were made with",
+            args.out.display(),
+            mismatched.join("\n  ")
+        );
+    }
     let todo: Vec<_> = runs
         .iter()
         .filter(|run| args.shard.is_none_or(|shard| shard.contains(run)))
@@ -68,7 +94,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         let dataset = load_dataset(&base)?;
         for (position, run) in todo.iter().enumerate() {
             let resuming = run.status() == RunStatus::Interrupted;
-            println!(
+            out!(
                 "\n[{}/{} of this invocation; run {} of {}] {} seed {}{}",
                 position + 1,
                 todo.len(),
@@ -78,9 +104,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                 run.seed,
                 if resuming { " (resuming)" } else { "" }
             );
-            let mut config = base.clone();
-            config.attention = run.attention;
-            config.seed = run.seed;
+            let config = run_config(run);
             let mut progress = ConsoleProgress::new();
             let outcome = train(
                 &config,
@@ -90,7 +114,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                 &device,
                 &mut progress,
             )?;
-            println!(
+            out!(
                 "{} seed {}: test accuracy {:.4}, AUC {}",
                 run.attention,
                 run.seed,
@@ -109,11 +133,14 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "breastmnist (built-in)".into());
-    let summary = summarise(&data, &units, &seeds, &runs)?;
+    let mut summary = summarise(&data, &units, &seeds, &runs)?;
+    summary.settings = toml::from_str(&base.to_toml())?;
+    summary.settings.remove("attention");
+    summary.settings.remove("seed");
     let table = write_summary(&args.out, &summary)?;
-    println!("\n{}", std::fs::read_to_string(&table)?);
+    out!("\n{}", std::fs::read_to_string(&table)?);
     if summary.missing_runs > 0 {
-        println!(
+        out!(
             "{} of {} runs are not finished (other shards?); run the same command again to \
              finish them or to refresh the table",
             summary.missing_runs,

@@ -132,8 +132,14 @@ impl DeviceSpec {
     pub fn open(self) -> anyhow::Result<Device> {
         match self {
             DeviceSpec::Cpu => Ok(Device::flex()),
-            DeviceSpec::Cuda(index) => usable(self, cuda(index)?),
-            DeviceSpec::Wgpu(adapter) => usable(self, wgpu(adapter)?),
+            DeviceSpec::Cuda(index) => {
+                prepare_gpu_runtime()?;
+                usable(self, cuda(index)?)
+            }
+            DeviceSpec::Wgpu(adapter) => {
+                prepare_gpu_runtime()?;
+                usable(self, wgpu(adapter)?)
+            }
             DeviceSpec::Tch(index) => usable(self, tch(index)?),
         }
     }
@@ -163,6 +169,23 @@ fn usable(spec: DeviceSpec, device: Device) -> anyhow::Result<Device> {
     };
     let reason = reason.lines().next().unwrap_or_default().to_string();
     anyhow::bail!("cannot use device {spec}: {reason}")
+}
+
+/// Before the first CubeCL device opens: keep compiled kernels and autotune results in the
+/// kernel cache directory (see `ppcr::gpu`), and say on stderr while kernels compile.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn prepare_gpu_runtime() -> anyhow::Result<()> {
+    let dir = ppcr::gpu::kernel_cache_dir();
+    ppcr::gpu::configure_runtime(&dir).map_err(anyhow::Error::msg)?;
+    super::compile_notice::start(dir);
+    Ok(())
+}
+
+/// Nothing to prepare in a build without CubeCL backends: opening the device fails with the
+/// feature's name.
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+fn prepare_gpu_runtime() -> anyhow::Result<()> {
+    Ok(())
 }
 
 /// The error for a backend this build was compiled without.

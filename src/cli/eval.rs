@@ -100,16 +100,16 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         &device,
     )?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&evaluation.report)?);
+        out!("{}", serde_json::to_string_pretty(&evaluation.report)?);
     } else {
-        println!(
+        out!(
             "{} split of {} ({} images), loss {:.4}",
             format!("{:?}", args.split).to_lowercase(),
             dataset.source.display(),
             split.len(),
             evaluation.loss
         );
-        println!("{}", evaluation.report.summary_named(&dataset.class_names));
+        out!("{}", evaluation.report.summary_named(&dataset.class_names));
     }
     Ok(())
 }

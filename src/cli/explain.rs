@@ -161,7 +161,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
         }
         let predicted = explanation.predicted;
         let explained = explanation.grad_cam.class;
-        println!(
+        out!(
             "{}: {} ({:.3}) -> {}",
             image.path.display(),
             classes[predicted],
@@ -188,7 +188,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(&report)? + "\n";
     write_atomic(&json_path, json.as_bytes())
         .with_context(|| format!("{}: cannot write", json_path.display()))?;
-    println!("wrote {}", json_path.display());
+    out!("wrote {}", json_path.display());
     Ok(())
 }
 

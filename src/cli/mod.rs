@@ -1,8 +1,13 @@
 //! Command-line parsing and dispatch to the subcommands, one file each.
 
+#[macro_use]
+mod output;
+
 mod allocator;
 mod bench;
 mod compare;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod compile_notice;
 mod data_options;
 mod device;
 mod eval;
@@ -20,6 +25,7 @@ mod units;
 use clap::{Parser, Subcommand};
 
 pub use allocator::keep_freed_buffers;
+pub use output::is_broken_pipe;
 pub use panic_hook::install as install_panic_hook;
 
 /// Attention-recalibrated CNNs (PPCR and the units it is compared to) for medical image

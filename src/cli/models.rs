@@ -77,17 +77,23 @@ fn build_rows(args: &ModelsArgs) -> anyhow::Result<Vec<ModelRow>> {
 pub fn run(args: &ModelsArgs) -> anyhow::Result<()> {
     let rows = build_rows(args)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        out!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
+    out!(
         "{:<10} {:<6} {:>5} {:>7} {:>12} {:>12} {:>8}",
-        "backbone", "attn", "input", "classes", "params", "attn params", "attn %"
+        "backbone",
+        "attn",
+        "input",
+        "classes",
+        "params",
+        "attn params",
+        "attn %"
     );
     for row in &rows {
         let share =
             100.0 * row.attention_params as f64 / (row.params - row.attention_params) as f64;
-        println!(
+        out!(
             "{:<10} {:<6} {:>5} {:>7} {:>12} {:>12} {:>7.2}%",
             row.backbone,
             row.attention,

@@ -81,7 +81,7 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
                 .map(|(name, p)| format!("{name}={p:.3}"))
                 .collect::<Vec<_>>()
                 .join(" ");
-            println!(
+            out!(
                 "{}: {} ({probability:.3})  [{all}]",
                 path.display(),
                 info.class_names[best]

@@ -59,10 +59,10 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     let timing = (args.runs > 0).then_some((args.warmup, args.runs));
     let rows = profile_units(&case, args.classes, &units, timing, &device)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        out!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
+    out!(
         "{} at {} px, {} classes{}",
         args.backbone,
         args.input,
@@ -76,9 +76,18 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
-    println!(
+    out!(
         "{:<7} {:>12} {:>8} {:>10} {:>8} {:>11} {:>7} {:>11} {:>7} {:>10}",
-        "attn", "params", "+%", "MACs", "+%", "fwd ms", "ratio", "train ms", "ratio", "memory"
+        "attn",
+        "params",
+        "+%",
+        "MACs",
+        "+%",
+        "fwd ms",
+        "ratio",
+        "train ms",
+        "ratio",
+        "memory"
     );
     let show = |value: Option<f64>, precision: usize| {
         value
@@ -86,7 +95,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "-".into())
     };
     for row in &rows {
-        println!(
+        out!(
             "{:<7} {:>12} {:>7.2}% {:>10} {:>7.2}% {:>11} {:>7} {:>11} {:>7} {:>10}",
             row.attention.name(),
             row.params,

@@ -27,9 +27,9 @@ impl ConsoleProgress {
 impl TrainObserver for ConsoleProgress {
     fn on_start(&mut self, first_epoch: usize, epochs: usize, summary: &str) {
         self.epochs = epochs;
-        println!("{summary}");
+        out!("{summary}");
         if first_epoch > 1 {
-            println!("resuming at epoch {first_epoch} of {epochs}");
+            out!("resuming at epoch {first_epoch} of {epochs}");
         }
     }
 
@@ -62,7 +62,7 @@ impl TrainObserver for ConsoleProgress {
             .val_auc
             .map(|auc| format!("{auc:.4}"))
             .unwrap_or_else(|| "n/a".into());
-        println!(
+        out!(
             "epoch {:>3}/{} train loss {:.4} acc {:.3} | val loss {:.4} acc {:.3} auc {} | {:.1}s {:.0} img/s{}",
             record.epoch,
             self.epochs,

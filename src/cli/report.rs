@@ -27,7 +27,7 @@ pub struct ReportArgs {
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let report = Report::from_folders(&args.folders)?.with_title(&args.title);
     let bytes = report.write(&args.out)?;
-    println!(
+    out!(
         "wrote {} ({} section{}, {} KiB)",
         args.out.display(),
         report.sources.len(),

@@ -30,7 +30,7 @@ impl TrainObserver for MemoryRecorder {
             seconds: self.started.elapsed().as_secs_f64(),
             resident_bytes,
         };
-        println!(
+        out!(
             "epoch {:>4}  {:>7.0} s  resident {:>8.1} MiB  ({:.0} images/s)",
             sample.epoch,
             sample.seconds,
@@ -72,10 +72,11 @@ pub fn run(minutes: f64, csv: &Path, device: &Device) -> anyhow::Result<()> {
         ..TrainConfig::default()
     };
     let run = TemporaryRun(std::env::temp_dir().join(format!("ppcr-soak-{}", std::process::id())));
-    println!(
+    out!(
         "soak: {} + {} on the built-in BreastMNIST for {minutes} min, resident memory after \
          each epoch",
-        config.backbone, config.attention
+        config.backbone,
+        config.attention
     );
     let mut recorder = MemoryRecorder {
         started: Instant::now(),
@@ -100,7 +101,7 @@ pub fn run(minutes: f64, csv: &Path, device: &Device) -> anyhow::Result<()> {
         .max()
         .unwrap_or(first);
     let last = samples[samples.len() - 1];
-    println!(
+    out!(
         "\n{} epochs in {:.1} min; resident memory after epoch 1 {:.1} MiB, peak later {:.1} \
          MiB, last {:.1} MiB: growth {:+.2}% (allowed {:.0}%); curve in {}",
         samples.len(),

@@ -231,14 +231,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         &devices,
         &mut progress,
     )?;
-    println!(
+    out!(
         "\nbest epoch {} (chosen on validation {:?}); run folder {}",
         outcome.best_epoch,
         config.select_on,
         out.display()
     );
-    println!("\ntest metrics ({} images):", dataset.test.len());
-    println!(
+    out!("\ntest metrics ({} images):", dataset.test.len());
+    out!(
         "{}",
         outcome.test.report.summary_named(&dataset.class_names)
     );

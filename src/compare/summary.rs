@@ -99,6 +99,11 @@ pub struct CompareSummary {
     pub rows: Vec<UnitSummary>,
     /// PPCR against every other unit (empty when PPCR is not in the grid).
     pub paired: Vec<PairedComparison>,
+    /// The training settings every run of the grid shares, as each run's `config.toml` holds
+    /// them, without the two that vary by run (`attention`, `seed`); empty in a `compare.json`
+    /// written before they were recorded.
+    #[serde(default)]
+    pub settings: toml::Table,
 }
 
 /// Two-sided p-value of a paired t-test on `differences` (`None` with fewer than two values or
@@ -227,6 +232,7 @@ pub fn summarise(
         missing_runs: runs.len() - finished.len(),
         rows,
         paired,
+        settings: toml::Table::new(),
     })
 }
 

@@ -3,7 +3,7 @@
 
 mod backbone;
 mod blocks;
-mod layers;
+pub mod layers;
 mod resnet;
 
 pub use backbone::{Backbone, BackboneSpec, BlockKind, Family};

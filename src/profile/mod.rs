@@ -4,6 +4,7 @@
 //! resident memory over long runs.
 
 mod benches;
+mod conv;
 mod macs;
 mod memory;
 mod timing;
@@ -13,6 +14,7 @@ pub use benches::{
     EndToEndBench, NetworkBench, NetworkCase, UnitBench, UnitShape, ZooBench, end_to_end_bench,
     network_bench, step_bench, unit_bench, unit_bench_shapes, zoo_bench,
 };
+pub use conv::{ConvBench, ConvShape, conv_bench, conv_bench_shapes};
 pub use macs::{MacCount, count_macs};
 pub use memory::{MemoryCurve, MemorySample, resident_set_bytes};
 pub use timing::{Timing, median, time_median};

@@ -94,10 +94,18 @@ pub struct TrainState {
     pub history: Vec<EpochRecord>,
 }
 
+/// The file a training process locks in its run folder.
+const LOCK_FILE: &str = ".lock";
+
 /// A run folder.
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,
+    /// The folder's lock file, held (locked) while a process trains in it: see
+    /// [`RunDir::create`]. The operating system releases it when the process ends, however it
+    /// ends, so a killed run leaves nothing that blocks its resume.
+    #[allow(dead_code)] // Held, never read: the lock lasts as long as the file is open.
+    lock: Option<std::sync::Arc<fs::File>>,
 }
 
 fn io_error(path: &Path, action: &str, error: impl std::fmt::Display) -> TrainError {
@@ -123,16 +131,39 @@ fn megabytes(bytes: u64) -> String {
 }
 
 impl RunDir {
-    /// Create (or reuse) a run folder and prove it is writable before any work starts.
+    /// Create (or reuse) a run folder, lock it for this process (a second process is refused
+    /// with [`TrainError::Locked`] while this one holds it) and prove it is writable before
+    /// any work starts.
     pub fn create(root: &Path) -> Result<Self, TrainError> {
         fs::create_dir_all(root.join("checkpoints"))
             .map_err(|e| io_error(root, "cannot create the output folder", e))?;
+        // Before anything is written or cleaned up: a second process must not remove the first
+        // one's files in flight, nor overwrite its run.
+        let lock_path = root.join(LOCK_FILE);
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_error(root, "output folder is not writable", e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(TrainError::Locked {
+                    path: root.to_path_buf(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(io_error(&lock_path, "cannot lock the run folder", e));
+            }
+        }
         let probe = root.join(".write-test");
         write_atomic(&probe, b"ok")
             .map_err(|e| io_error(root, "output folder is not writable", e))?;
         let _ = fs::remove_file(probe);
         let run = RunDir {
             root: root.to_path_buf(),
+            lock: Some(std::sync::Arc::new(lock)),
         };
         run.remove_leftovers();
         Ok(run)
@@ -161,6 +192,7 @@ impl RunDir {
     pub fn open(root: &Path) -> Result<Self, TrainError> {
         let run = RunDir {
             root: root.to_path_buf(),
+            lock: None,
         };
         if !run.run_info_path().is_file() {
             return Err(TrainError::NotARun {
@@ -479,6 +511,23 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_folder_is_locked_while_it_is_open_for_training() {
+        let folder = tempfile::tempdir().unwrap();
+        let run = RunDir::create(folder.path()).unwrap();
+        let clone = run.clone();
+        drop(run);
+        let error = RunDir::create(folder.path()).unwrap_err();
+        assert!(matches!(error, TrainError::Locked { .. }), "{error}");
+        assert!(error.to_string().contains("another ppcr process"));
+        // Reading is not blocked, and the last holder's end releases the folder.
+        assert!(
+            RunDir::open(folder.path()).is_err_and(|e| matches!(e, TrainError::NotARun { .. }))
+        );
+        drop(clone);
+        RunDir::create(folder.path()).unwrap();
+    }
 
     #[test]
     fn opening_a_run_for_writing_removes_what_a_killed_write_left() {

@@ -31,20 +31,69 @@ use burn_train::train::{MultiDeviceStepError, MultiDevicesTrainStep};
 use burn_train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 
 use super::TrainError;
+use crate::metrics::argmax;
 use crate::models::ResNet;
 
-/// What one step computed: the model (its running statistics updated), the batch's mean loss,
-/// its logits (row-major, samples in batch order) and the parameter gradients on the first
-/// device.
+/// What one step computed: the model (its running statistics updated), the batch's
+/// [`StepStats`] and the parameter gradients on the first device.
 pub(crate) struct BatchGradients {
     /// The model the step ran, with BatchNorm's running statistics of every shard merged.
     pub model: ResNet,
-    /// Mean loss over the batch.
-    pub loss: f32,
-    /// `[batch, classes]` logits.
-    pub logits: Vec<f32>,
+    /// The batch's summed loss and correct predictions, on the first device.
+    pub stats: StepStats,
     /// Gradients of the mean loss, on the first device.
     pub grads: GradientsParams,
+}
+
+/// A batch's loss summed over its samples (mean loss x batch size) and its count of correct
+/// predictions, as one two-value tensor on the first device, detached from the graph. It stays
+/// on the device: the training loop adds the steps' values there and reads the running sums
+/// back only when the progress display needs them, so a GPU is not stopped after every step.
+#[derive(Clone)]
+pub(crate) struct StepStats(pub Tensor<1>);
+
+impl StepStats {
+    /// Both values zero, on `device`.
+    pub fn zeros(device: &Device) -> Self {
+        Self(Tensor::zeros([2], device))
+    }
+
+    /// From values read on the host.
+    fn from_host(loss_sum: f32, correct: usize, device: &Device) -> Self {
+        Self(Tensor::from_floats([loss_sum, correct as f32], device))
+    }
+
+    /// From the step's mean-loss tensor (of the whole batch), logits and targets, computed on
+    /// their device.
+    fn on_device(loss: Tensor<1>, logits: Tensor<2>, targets: Tensor<1, Int>) -> Self {
+        let batch = targets.dims()[0];
+        let loss_sum = loss.detach().mul_scalar(batch as f32).reshape([1]);
+        let correct = logits
+            .detach()
+            .argmax(1)
+            .reshape([batch])
+            .equal(targets)
+            .float()
+            .sum()
+            .reshape([1]);
+        Self(Tensor::cat(vec![loss_sum, correct], 0))
+    }
+
+    /// The sum of two steps' values.
+    pub fn add(self, other: StepStats) -> Self {
+        Self(self.0.add(other.0))
+    }
+
+    /// `(loss sum, correct predictions)`, read back to the host (a device synchronisation).
+    pub fn read(&self) -> (f64, usize) {
+        let values = self
+            .0
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("float statistics");
+        (values[0] as f64, values[1].round().max(0.0) as usize)
+    }
 }
 
 /// The devices a training run computes its gradients on (autodiff devices; the model lives on
@@ -84,12 +133,12 @@ impl DataParallel {
         let Some(workers) = self.workers.as_ref().filter(|_| shards.len() > 1) else {
             let step = ShardStep::new(model, self.loss_fns[0].clone());
             let shard = Shard::new(0, &self.devices[0], pixels, labels, image_dims, None);
-            let (output, grads) = step.gradients(shard)?;
-            let grads = GradientsParams::from_grads(grads, &step);
+            let (loss, logits, targets) = step.forward(&shard)?;
+            let stats = StepStats::on_device(loss.clone(), logits, targets);
+            let grads = GradientsParams::from_grads(loss.backward(), &step);
             return Ok(BatchGradients {
                 model: step.model,
-                loss: output.loss,
-                logits: output.logits,
+                stats,
                 grads,
             });
         };
@@ -126,10 +175,15 @@ impl DataParallel {
             logits.extend(item.logits);
             accumulator.accumulate(&step, grads.to_device(main, &step));
         }
+        let classes = logits.len() / batch.max(1);
+        let correct = labels
+            .iter()
+            .enumerate()
+            .filter(|(i, label)| argmax(&logits[i * classes..(i + 1) * classes]) == **label)
+            .count();
         Ok(BatchGradients {
             model: step.model.train(),
-            loss,
-            logits,
+            stats: StepStats::from_host(loss * batch as f32, correct, main),
             grads: accumulator.grads(),
         })
     }
@@ -249,7 +303,9 @@ impl ShardStep {
         Self { model, loss_fn }
     }
 
-    /// Forward and backward of one shard: its loss and logits, and the autodiff gradients.
+    /// Forward and backward of one shard: its loss and logits, and the autodiff gradients (the
+    /// tests' reference for a shard computed alone).
+    #[cfg(test)]
     fn gradients(&self, shard: Shard) -> Result<(ShardLoss, burn::tensor::Gradients), TrainError> {
         let (loss, logits) = self.loss(&shard)?;
         let loss_value: f32 = loss.clone().into_scalar();
@@ -263,8 +319,23 @@ impl ShardStep {
         ))
     }
 
-    /// The shard's mean loss (times its share of the batch) as a tensor, and its logits.
+    /// The shard's mean loss (times its share of the batch) as a tensor, and its logits read
+    /// back to the host.
     fn loss(&self, shard: &Shard) -> Result<(Tensor<1>, Vec<f32>), crate::models::ModelError> {
+        let (loss, logits, _) = self.forward(shard)?;
+        let logit_values = logits
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("float logits");
+        Ok((loss, logit_values))
+    }
+
+    /// The shard's mean loss (times its share of the batch), its logits and its targets, as
+    /// tensors on the shard's device.
+    fn forward(
+        &self,
+        shard: &Shard,
+    ) -> Result<(Tensor<1>, Tensor<2>, Tensor<1, Int>), crate::models::ModelError> {
         let [channels, height, width] = shard.image_dims;
         let batch = shard.labels.len();
         let images = Tensor::<4>::from_data(
@@ -279,16 +350,11 @@ impl ShardStep {
             &shard.device,
         );
         let logits = self.model.try_forward(images)?;
-        let logit_values = logits
-            .clone()
-            .into_data()
-            .try_to_vec::<f32>()
-            .expect("float logits");
-        let mut loss = self.loss_fn.forward(logits, targets);
+        let mut loss = self.loss_fn.forward(logits.clone(), targets.clone());
         if let Some(share) = shard.share {
             loss = loss.mul_scalar(share);
         }
-        Ok((loss, logit_values))
+        Ok((loss, logits, targets))
     }
 }
 
@@ -399,8 +465,9 @@ mod tests {
         let split = three
             .batch_gradients(small_model(&device), &pixels, &[1, 2], [1, 16, 16])
             .unwrap();
-        assert_eq!(split.logits.len(), 2 * 3);
-        assert!(split.loss.is_finite());
+        let (loss_sum, correct) = split.stats.read();
+        assert!(loss_sum.is_finite() && loss_sum > 0.0);
+        assert!(correct <= 2);
     }
 
     /// A ResNet-20 + PPCR for 16x16 grey images and 3 classes, the same weights every call.
@@ -415,6 +482,37 @@ mod tests {
         .with_input_size(16)
         .init(device)
         .unwrap()
+    }
+
+    #[test]
+    fn one_device_counts_the_loss_and_correct_predictions_on_the_device() {
+        let device = Device::flex().autodiff();
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let pixels = crate::attention::testing::seeded_values(5 * 256, 6);
+        let labels = vec![0, 1, 2, 2, 0];
+        let one = DataParallel::new(vec![device.clone()], vec![loss_fn.clone()]);
+        let split = one
+            .batch_gradients(small_model(&device), &pixels, &labels, [1, 16, 16])
+            .unwrap();
+        let shard = Shard::new(0, &device, &pixels, &labels, [1, 16, 16], None);
+        let (host, _) = ShardStep::new(small_model(&device), loss_fn)
+            .gradients(shard)
+            .unwrap();
+        let expected_correct = labels
+            .iter()
+            .enumerate()
+            .filter(|(i, label)| argmax(&host.logits[i * 3..(i + 1) * 3]) == **label)
+            .count();
+        let (loss_sum, correct) = split.stats.read();
+        assert!(
+            (loss_sum - 5.0 * host.loss as f64).abs() < 1e-5,
+            "{loss_sum}"
+        );
+        assert_eq!(correct, expected_correct);
+        // Running sums add up on the device.
+        let (twice, twice_correct) = split.stats.clone().add(split.stats).read();
+        assert!((twice - 2.0 * loss_sum).abs() < 1e-5);
+        assert_eq!(twice_correct, 2 * correct);
     }
 
     #[test]
@@ -480,12 +578,18 @@ mod tests {
             })
             .collect();
         let expected_loss: f32 = halves.iter().map(|(loss, _, _)| loss).sum();
-        assert!((split.loss - expected_loss).abs() < 1e-6);
         let expected_logits: Vec<f32> = halves
             .iter()
             .flat_map(|(_, logits, _)| logits.clone())
             .collect();
-        assert_eq!(split.logits, expected_logits);
+        let expected_correct = labels
+            .iter()
+            .enumerate()
+            .filter(|(i, label)| argmax(&expected_logits[i * 3..(i + 1) * 3]) == **label)
+            .count();
+        let (loss_sum, correct) = split.stats.read();
+        assert!((loss_sum - batch as f64 * expected_loss as f64).abs() < 1e-5);
+        assert_eq!(correct, expected_correct);
         let mut checked = 0;
         let mut halves = halves
             .into_iter()

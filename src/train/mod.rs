@@ -10,6 +10,7 @@ mod data_parallel;
 mod evaluate;
 mod observer;
 mod pause;
+mod prefetch;
 mod schedule;
 mod trainer;
 
@@ -24,7 +25,7 @@ pub use evaluate::{SplitEvaluation, evaluate_split, load_trained_model, predict_
 pub use observer::{NoObserver, StepProgress, TrainObserver};
 pub use pause::{PAUSE_AT_VAR, PAUSE_MARKER_VAR};
 pub use schedule::LrSchedule;
-pub use trainer::{TrainOutcome, train, train_on};
+pub use trainer::{TrainOutcome, saved_settings_differences, train, train_on};
 
 /// The optimizer `train` builds for the default configuration (for the fuzz targets).
 pub(crate) fn default_optimizer() -> burn::optim::ModuleOptimizer {
@@ -101,6 +102,15 @@ pub enum TrainError {
         step: usize,
         /// The loss value.
         value: f32,
+    },
+    /// Another process is training in the run folder.
+    #[error(
+        "{path}: another ppcr process is training in this folder; wait for it to finish, or \
+         give another --out"
+    )]
+    Locked {
+        /// The run folder.
+        path: PathBuf,
     },
     /// The observer asked to stop; the run resumes from its last checkpoint.
     #[error("{path}: stopped after epoch {epoch}; continue with --resume --out {path}")]

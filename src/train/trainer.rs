@@ -21,12 +21,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::checkpoint::{EpochRecord, RunDir, RunInfo, TrainState};
-use super::data_parallel::{BatchGradients, DataParallel};
+use super::data_parallel::{BatchGradients, DataParallel, StepStats};
 use super::evaluate::{SplitEvaluation, evaluate_split};
 use super::pause::pause_point;
+use super::prefetch::EpochBatches;
 use super::{LogFormat, SelectionMetric, StepProgress, TrainConfig, TrainError, TrainObserver};
 use crate::attention::AttentionConfig;
-use crate::data::{AugmentConfig, Dataset, Normalization, make_batch};
+use crate::data::{AugmentConfig, Dataset, Normalization};
 use crate::metrics::{ClassificationReport, argmax};
 use crate::models::ResNetConfig;
 use crate::params::count_trainable;
@@ -112,10 +113,36 @@ fn normalization(config: &TrainConfig, dataset: &Dataset) -> Result<Normalizatio
     }
 }
 
+/// How often the running loss and accuracy are read back from a GPU for the progress display.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Settings that may differ between the run being resumed and the resuming call.
 const RESUMABLE_CHANGES: [&str; 1] = ["epochs"];
 
+/// The settings in which the run saved in `out` (its `config.toml`) differs from `config`,
+/// every key counted (`epochs` too), one `key: run has A, now B` line each: for callers that
+/// reuse finished runs (`ppcr compare`) and must not take a run made otherwise for this one.
+pub fn saved_settings_differences(
+    out: &Path,
+    config: &TrainConfig,
+) -> Result<Vec<String>, TrainError> {
+    let run = RunDir::open(out)?;
+    let text = std::fs::read_to_string(run.config_path()).map_err(|e| TrainError::Io {
+        path: run.config_path(),
+        message: e.to_string(),
+    })?;
+    let saved = TrainConfig::from_toml(&text).map_err(|e| TrainError::Corrupt {
+        path: run.config_path(),
+        message: e.to_string(),
+    })?;
+    Ok(differences_except(&saved, config, &[]))
+}
+
 fn config_differences(saved: &TrainConfig, given: &TrainConfig) -> Vec<String> {
+    differences_except(saved, given, &RESUMABLE_CHANGES)
+}
+
+fn differences_except(saved: &TrainConfig, given: &TrainConfig, allowed: &[&str]) -> Vec<String> {
     let table = |config: &TrainConfig| -> toml::Table {
         toml::from_str(&config.to_toml()).expect("a TrainConfig serialises to a table")
     };
@@ -124,7 +151,7 @@ fn config_differences(saved: &TrainConfig, given: &TrainConfig) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys.into_iter()
-        .filter(|key| !RESUMABLE_CHANGES.contains(&key.as_str()))
+        .filter(|key| !allowed.contains(&key.as_str()))
         .filter(|key| saved.get(*key) != given.get(*key))
         .map(|key| {
             let show = |value: Option<&toml::Value>| {
@@ -398,66 +425,69 @@ pub fn train_on(
     observer.on_start(state.epochs_completed + 1, config.epochs, &summary);
     let started = Instant::now();
 
+    // The CPU backend computes as it is called, so reading the running sums after every step
+    // costs nothing and a divergence is caught at its step; a GPU queues work, and a read
+    // would stop it, so there they are read only as often as the progress display updates.
+    let read_every_step = device == &Device::flex();
     for epoch in state.epochs_completed..config.epochs {
         let epoch_started = Instant::now();
         let mut rng = epoch_rng(config.seed, epoch);
         let mut order: Vec<usize> = (0..train_size).collect();
         order.shuffle(&mut rng);
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        let mut lr = config.lr;
-        for (step, indices) in order
-            .chunks_exact(batch_size)
-            .take(steps_per_epoch)
-            .enumerate()
-        {
-            let global_step = epoch * steps_per_epoch + step;
-            lr = config
-                .schedule
-                .lr_at(config.lr, global_step, steps_per_epoch, total_steps);
-            let (pixels, labels) = make_batch(
-                &dataset.train,
-                indices,
-                Some(&augment),
-                &mut rng,
-                &normalization,
-            );
-            let batch = indices.len();
-            let BatchGradients {
-                model: stepped,
-                loss: loss_value,
-                logits: logit_values,
-                grads,
-            } = data_parallel.batch_gradients(model, &pixels, &labels, image_dims)?;
-            if !loss_value.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch: epoch + 1,
-                    step: step + 1,
-                    value: loss_value,
-                });
+        let batches = EpochBatches {
+            split: &dataset.train,
+            order,
+            batch_size,
+            steps: steps_per_epoch,
+            augment: &augment,
+            normalization: &normalization,
+        };
+        let (stepped, lr, loss_sum, correct, seen) = batches.run(rng, |batches| {
+            let mut model = model;
+            let mut running = StepStats::zeros(&train_device);
+            let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+            let mut last_read = Instant::now();
+            let mut lr = config.lr;
+            for (step, (pixels, labels)) in batches.enumerate() {
+                let global_step = epoch * steps_per_epoch + step;
+                lr = config
+                    .schedule
+                    .lr_at(config.lr, global_step, steps_per_epoch, total_steps);
+                let BatchGradients {
+                    model: stepped,
+                    stats,
+                    grads,
+                } = data_parallel.batch_gradients(model, &pixels, &labels, image_dims)?;
+                model = optim.step(lr, stepped, grads);
+                running = running.add(stats);
+                seen += labels.len();
+                let last = step + 1 == steps_per_epoch;
+                if read_every_step || last || last_read.elapsed() >= PROGRESS_INTERVAL {
+                    (loss_sum, correct) = running.read();
+                    last_read = Instant::now();
+                    if !loss_sum.is_finite() {
+                        return Err(TrainError::Diverged {
+                            epoch: epoch + 1,
+                            step: step + 1,
+                            value: loss_sum as f32,
+                        });
+                    }
+                    observer.on_step(&StepProgress {
+                        epoch: epoch + 1,
+                        epochs: config.epochs,
+                        step: step + 1,
+                        steps: steps_per_epoch,
+                        loss: loss_sum / seen as f64,
+                        accuracy: correct as f64 / seen as f64,
+                        images_per_second: seen as f64 / epoch_started.elapsed().as_secs_f64(),
+                        lr,
+                    });
+                }
+                pause_point(|| format!("step:{}:{}", epoch + 1, step + 1));
             }
-            model = optim.step(lr, stepped, grads);
-
-            loss_sum += loss_value as f64 * batch as f64;
-            seen += batch;
-            correct += labels
-                .iter()
-                .enumerate()
-                .filter(|(i, label)| {
-                    argmax(&logit_values[i * num_classes..(i + 1) * num_classes]) == **label
-                })
-                .count();
-            observer.on_step(&StepProgress {
-                epoch: epoch + 1,
-                epochs: config.epochs,
-                step: step + 1,
-                steps: steps_per_epoch,
-                loss: loss_sum / seen as f64,
-                accuracy: correct as f64 / seen as f64,
-                images_per_second: seen as f64 / epoch_started.elapsed().as_secs_f64(),
-                lr,
-            });
-            pause_point(|| format!("step:{}:{}", epoch + 1, step + 1));
-        }
+            Ok((model, lr, loss_sum, correct, seen))
+        })?;
+        model = stepped;
         let train_seconds = epoch_started.elapsed().as_secs_f64();
         let val = evaluate_split(
             &model,

@@ -20,6 +20,16 @@ pub fn ppcr<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
         .expect("the ppcr binary runs")
 }
 
+/// Under CI (`.ci/run` sets `PPCR_REQUIRE_ALL=1`) a test that cannot run here fails with
+/// `notice`; elsewhere it prints the notice and the caller returns.
+pub fn skip(notice: &str) {
+    assert!(
+        std::env::var_os("PPCR_REQUIRE_ALL").is_none(),
+        "PPCR_REQUIRE_ALL is set and a test cannot run: {notice}"
+    );
+    eprintln!("NOTICE: skipped: {notice}");
+}
+
 /// `tests/fixtures/data`.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data")

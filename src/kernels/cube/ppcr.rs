@@ -1070,9 +1070,9 @@ mod tests {
         match probe {
             Ok(3.0) => Some(device),
             _ => {
-                eprintln!(
-                    "skipped: no wgpu CPU adapter to run the PPCR CubeCL kernels on (install \
-                     Mesa's Vulkan driver, e.g. apt-get install mesa-vulkan-drivers)"
+                crate::attention::testing::skip(
+                    "no wgpu CPU adapter to run the PPCR CubeCL kernels on (install Mesa's \
+                     Vulkan driver, e.g. apt-get install mesa-vulkan-drivers)",
                 );
                 None
             }
