@@ -570,3 +570,53 @@ fn a_closed_pipe_neither_panics_nor_stops_training() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(run.join("metrics.json").exists(), "the run finished");
 }
+
+#[test]
+fn resuming_with_fewer_epochs_than_trained_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = common::train_tiny(dir.path(), 2);
+    let config_before = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let mut args = common::tiny_train_args(&run, 1);
+    args.push("--resume".into());
+    let output = ppcr(&args);
+    assert_clean_failure(
+        &output,
+        &["already trained 2 epochs", "--epochs must be at least"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("config.toml")).unwrap(),
+        config_before
+    );
+}
+
+#[test]
+fn a_data_set_of_one_class_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // The PBC fixture's splits with one of their classes each, under one name.
+    let source = fixtures().join("pbc_mini");
+    for split in ["train", "val", "test"] {
+        let class = dir.path().join("data").join(split).join("only");
+        std::fs::create_dir_all(&class).unwrap();
+        let mut classes: Vec<_> = std::fs::read_dir(source.join(split))
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.path())
+            .collect();
+        classes.sort();
+        for entry in std::fs::read_dir(&classes[0]).unwrap().flatten() {
+            std::fs::copy(entry.path(), class.join(entry.file_name())).unwrap();
+        }
+    }
+    let output = ppcr([
+        "train",
+        "--data",
+        dir.path().join("data").to_str().unwrap(),
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--out",
+        dir.path().join("run").to_str().unwrap(),
+    ]);
+    assert_clean_failure(&output, &["one class (only)", "at least two"]);
+}

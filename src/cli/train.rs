@@ -146,10 +146,18 @@ pub fn resolve_config(
     if let Some(schedule) = &args.schedule {
         config.schedule = match schedule.as_str() {
             "cosine" => LrSchedule::default(),
-            "step" => LrSchedule::Step {
-                milestones: vec![config.epochs / 2, config.epochs * 3 / 4],
-                gamma: 0.1,
-            },
+            "step" => {
+                // Halfway and three quarters through, where the run is long enough to have them.
+                let mut milestones: Vec<usize> = [config.epochs / 2, config.epochs * 3 / 4]
+                    .into_iter()
+                    .filter(|&m| m >= 1 && m < config.epochs)
+                    .collect();
+                milestones.dedup();
+                LrSchedule::Step {
+                    milestones,
+                    gamma: 0.1,
+                }
+            }
             "constant" => LrSchedule::Constant,
             other => anyhow::bail!("unknown schedule '{other}'; valid: cosine, step, constant"),
         };

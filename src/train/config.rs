@@ -187,6 +187,20 @@ impl TrainConfig {
                 self.label_smoothing
             ));
         }
+        let spec = self.backbone.spec();
+        let expansion = match spec.block {
+            crate::models::BlockKind::Basic => 1,
+            crate::models::BlockKind::Bottleneck => 4,
+        };
+        let narrowest = spec.stage_widths.iter().min().copied().unwrap_or(1) * expansion;
+        if !(1..=narrowest).contains(&self.reduction) {
+            problems.push(format!(
+                "reduction must be between 1 and {narrowest} (the narrowest attended feature map \
+                 of {}), got {}",
+                self.backbone, self.reduction
+            ));
+        }
+        problems.extend(schedule_problems(&self.schedule, self.epochs, self.lr));
         if let Some(channels) = self.channels
             && channels != 1
             && channels != 3
@@ -211,6 +225,47 @@ impl TrainConfig {
             Err(problems.join("; "))
         }
     }
+}
+
+/// What is wrong with `schedule` for a run of `epochs` epochs at peak rate `lr`: values that
+/// would be silently clamped, or that could never take effect.
+fn schedule_problems(schedule: &LrSchedule, epochs: usize, lr: f64) -> Vec<String> {
+    let mut problems = Vec::new();
+    match schedule {
+        LrSchedule::Cosine {
+            warmup_epochs,
+            min_lr,
+        } => {
+            if !(warmup_epochs.is_finite() && *warmup_epochs >= 0.0) {
+                problems.push(format!("warmup_epochs must be >= 0, got {warmup_epochs}"));
+            } else if *warmup_epochs > epochs as f64 {
+                problems.push(format!(
+                    "warmup_epochs {warmup_epochs} is longer than the run ({epochs} epochs)"
+                ));
+            }
+            if !(min_lr.is_finite() && *min_lr >= 0.0 && *min_lr <= lr) {
+                problems.push(format!(
+                    "min_lr must be between 0 and lr ({lr}), got {min_lr}"
+                ));
+            }
+        }
+        LrSchedule::Step { milestones, gamma } => {
+            for &milestone in milestones {
+                if milestone == 0 || milestone >= epochs {
+                    problems.push(format!(
+                        "milestone {milestone} is outside the run: milestones are the first \
+                         epoch (0-based) with the lower rate, between 1 and {}",
+                        epochs.saturating_sub(1)
+                    ));
+                }
+            }
+            if !(gamma.is_finite() && *gamma > 0.0) {
+                problems.push(format!("gamma must be a positive number, got {gamma}"));
+            }
+        }
+        LrSchedule::Constant => {}
+    }
+    problems
 }
 
 /// Seeds in a TOML file: TOML integers stop at `i64::MAX`, so a larger `u64` seed is written as
@@ -280,6 +335,81 @@ mod seed_in_toml {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// The problems `validate` finds after `change` to the default configuration.
+    fn problems(change: impl FnOnce(&mut TrainConfig)) -> String {
+        let mut config = TrainConfig::default();
+        change(&mut config);
+        config.validate().err().unwrap_or_default()
+    }
+
+    #[test]
+    fn schedules_and_reductions_that_would_be_clamped_or_never_act_are_refused() {
+        let cosine = |warmup: f64, min_lr: f64| LrSchedule::Cosine {
+            warmup_epochs: warmup,
+            min_lr,
+        };
+        let step = |milestones: Vec<usize>| LrSchedule::Step {
+            milestones,
+            gamma: 0.1,
+        };
+        let cases: Vec<(Box<dyn FnOnce(&mut TrainConfig)>, &str)> = vec![
+            (
+                Box::new(|c| c.schedule = cosine(-1.0, 0.0)),
+                "warmup_epochs must be >= 0",
+            ),
+            (
+                Box::new(|c| {
+                    c.epochs = 3;
+                    c.schedule = cosine(4.0, 0.0)
+                }),
+                "longer than the run (3 epochs)",
+            ),
+            (
+                Box::new(|c| c.schedule = cosine(1.0, 1.0)),
+                "min_lr must be between 0 and lr",
+            ),
+            (
+                Box::new(|c| c.schedule = step(vec![0])),
+                "milestone 0 is outside the run",
+            ),
+            (
+                Box::new(|c| {
+                    c.epochs = 10;
+                    c.schedule = step(vec![5, 10])
+                }),
+                "milestone 10 is outside the run",
+            ),
+            (
+                Box::new(|c| c.reduction = 0),
+                "reduction must be between 1 and 16",
+            ),
+            (
+                Box::new(|c| {
+                    c.backbone = Backbone::ResNet50;
+                    c.reduction = 100_000
+                }),
+                "between 1 and 256",
+            ),
+        ];
+        for (change, expected) in cases {
+            let found = problems(change);
+            assert!(found.contains(expected), "'{expected}' not in '{found}'");
+        }
+        // What is allowed: warm-up as long as the run, milestones inside it, reduction 16 on
+        // ResNet-20's 16-channel stage.
+        assert_eq!(problems(|c| c.schedule = cosine(c.epochs as f64, 0.0)), "");
+        assert_eq!(
+            problems(|c| {
+                c.epochs = 10;
+                c.schedule = step(vec![1, 9])
+            }),
+            ""
+        );
+        assert_eq!(problems(|c| c.reduction = 16), "");
+    }
+
     #[test]
     fn every_u64_seed_survives_a_round_trip_through_toml() {
         for seed in [0, 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {

@@ -314,6 +314,13 @@ pub fn train_on(
             )));
         }
     }
+    if dataset.num_classes() < 2 {
+        return Err(TrainError::DataMismatch(format!(
+            "{}: one class ({}); a classifier needs at least two",
+            dataset.source.display(),
+            dataset.class_names.join(", ")
+        )));
+    }
     let model_config = model_config(config, dataset)?;
     let normalization = normalization(config, dataset)?;
     let shape = dataset.image_shape();
@@ -361,6 +368,14 @@ pub fn train_on(
     if resuming {
         model = run.load_model(model, "latest")?;
         (optim, state) = run.load_training_state(optim, &model)?;
+        if state.epochs_completed > config.epochs {
+            return Err(TrainError::Config(format!(
+                "{}: the run has already trained {} epochs; --epochs must be at least that to \
+                 resume it",
+                out.display(),
+                state.epochs_completed
+            )));
+        }
     }
     // The optimizer's momentum is one more value per weight, so an epoch folder is about
     // twice the model's size.
