@@ -460,7 +460,7 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
     assert_clean_failure(&output, &["--out"]);
 
     let output = ppcr(["predict", "--checkpoint", out, "/no/image.png"]);
-    assert_clean_failure(&output, &["not a ppcr run folder"]);
+    assert_clean_failure(&output, &["no such folder"]);
 
     // Nothing was left behind by the refused runs but the (empty) output folder.
     if Path::new(out).exists() {
@@ -619,4 +619,44 @@ fn a_data_set_of_one_class_is_refused() {
         dir.path().join("run").to_str().unwrap(),
     ]);
     assert_clean_failure(&output, &["one class (only)", "at least two"]);
+}
+
+#[test]
+fn damaged_or_missing_checkpoint_files_and_bad_names_get_messages_that_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = common::train_tiny(dir.path(), 1);
+    let eval = |run: &Path| {
+        ppcr([
+            "eval",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--data",
+            fixtures().join("pbc_mini").to_str().unwrap(),
+        ])
+    };
+    assert_success(&eval(&run));
+
+    let nosuch = dir.path().join("nosuch");
+    assert_clean_failure(&eval(&nosuch), &["nosuch", "no such folder"]);
+
+    // Float data overwritten with NaN bit patterns (the end of the file is the last tensor).
+    let best = std::fs::read_to_string(run.join("checkpoints/best")).unwrap();
+    let model = run.join("checkpoints").join(best.trim()).join("model.bpk");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let len = bytes.len();
+    bytes[len - 64..].fill(0xFF);
+    std::fs::write(&model, &bytes).unwrap();
+    assert_clean_failure(&eval(&run), &["model.bpk", "damaged"]);
+
+    std::fs::remove_file(run.join("checkpoints/best")).unwrap();
+    assert_clean_failure(
+        &eval(&run),
+        &["'best' pointer file is missing", "epoch-0001"],
+    );
+
+    let output = ppcr(["train", "--select-on", "foo", "--epochs", "1"]);
+    assert_clean_failure(
+        &output,
+        &["unknown selection metric 'foo'", "valid:", "loss"],
+    );
 }

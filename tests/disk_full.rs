@@ -69,13 +69,15 @@ fn a_disk_too_small_for_the_checkpoints_is_refused_before_training() {
     ] {
         assert!(stderr.contains(needle), "'{needle}' missing from {stderr}");
     }
-    // Nothing but the empty checkpoint folder was written; no epoch started.
+    // Nothing but the empty checkpoint folder and the run's lock file was written; no epoch
+    // started.
     assert!(!stderr.contains("epoch 1/"), "{stderr}");
     let listing: Vec<&str> = stdout.lines().filter(|l| !l.starts_with("exit=")).collect();
     assert_eq!(
         listing,
         [
             format!("{}/disk/run:", folder.path().display()).as_str(),
+            ".lock",
             "checkpoints",
             "",
             format!("{}/disk/run/checkpoints:", folder.path().display()).as_str(),
@@ -123,6 +125,7 @@ fn a_disk_that_fills_during_training_stops_cleanly_and_keeps_the_last_epoch() {
     assert_eq!(
         names,
         [
+            ".lock",
             "best",
             "checkpoints",
             "config.toml",

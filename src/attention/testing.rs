@@ -8,7 +8,6 @@ use super::{Ppcr, PpcrConfig, pyramid_maps};
 
 /// Under CI (`.ci/run` sets `PPCR_REQUIRE_ALL=1`) a test that cannot run fails with `notice`;
 /// elsewhere it prints the notice and the caller returns (cargo shows it with `--nocapture`).
-#[cfg_attr(not(feature = "wgpu"), allow(dead_code))] // Only the GPU kernels' tests can skip.
 pub fn skip(notice: &str) {
     assert!(
         std::env::var_os("PPCR_REQUIRE_ALL").is_none(),

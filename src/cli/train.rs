@@ -98,8 +98,15 @@ impl TrainSettings {
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> anyhow::Result<T> {
-    serde_json::from_value(serde_json::Value::String(value.to_string()))
-        .map_err(|_| anyhow::anyhow!("unknown {what} '{value}'"))
+    serde_json::from_value(serde_json::Value::String(value.to_string())).map_err(|error| {
+        // serde names the accepted spellings: "unknown variant `x`, expected one of `a`, `b`".
+        let text = error.to_string();
+        let valid = text
+            .split_once("expected ")
+            .map(|(_, rest)| format!("; valid: {}", rest.replace('`', "")))
+            .unwrap_or_default();
+        anyhow::anyhow!("unknown {what} '{value}'{valid}")
+    })
 }
 
 /// The configuration the settings describe: the TOML file's (or, when resuming a run without

@@ -293,6 +293,48 @@ mod tests {
     }
 
     #[test]
+    fn a_file_listed_twice_is_refused_naming_both_lines() {
+        let temp = TempDir::new("csv-duplicates");
+        let mut rows = String::new();
+        for (class, files) in [
+            ("basophil", ["BA_184682", "BA_354415", "BA_720056"]),
+            ("erythroblast", ["ERB_153470", "ERB_233", "ERB_565930"]),
+            (
+                "platelet",
+                ["PLATELET_312111", "PLATELET_466299", "PLATELET_821680"],
+            ),
+        ] {
+            for file in files {
+                let path = image(&format!("pbc_mini/train/{class}/{file}.jpg"));
+                rows.push_str(&format!("{path},{class}\n"));
+            }
+        }
+        let first = image("pbc_mini/train/basophil/BA_184682.jpg");
+        let twice = write_csv(&temp, "twice.csv", &format!("{rows}{first},basophil\n"));
+        let text = load(&twice, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains(
+                "read twice, as class 'basophil' on line 1 of twice.csv and as class \
+                 'basophil' on line 10 of twice.csv"
+            ),
+            "{text}"
+        );
+        let conflict = write_csv(&temp, "conflict.csv", &format!("{rows}{first},platelet\n"));
+        let text = load(&conflict, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains(
+                "under two classes: class 'basophil' on line 1 of conflict.csv and \
+                 class 'platelet' on line 10"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn bad_label_names_the_line() {
         let error = load(&fixtures().join("bad_label.csv"), &LoadOptions::default()).unwrap_err();
         let DataError::BadLabel { location, .. } = &error else {

@@ -115,6 +115,15 @@ pub enum DataError {
         reason: String,
     },
 
+    /// The same image file is reached twice (a repeated CSV row, a link into another class).
+    #[error("{}: {reason}; each image must be listed once, under one class (--skip-bad-files keeps the first)", path.display())]
+    DuplicateFile {
+        /// The file (its canonical path).
+        path: PathBuf,
+        /// Where it was reached, and whether under one class or two.
+        reason: String,
+    },
+
     /// A label is out of range or not a number.
     #[error("{}: {location}: {reason}", path.display())]
     BadLabel {

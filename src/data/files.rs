@@ -50,6 +50,77 @@ pub(crate) struct LabelledFile {
     pub listed_at: Option<String>,
 }
 
+/// `files` with every file once: the same file reached twice (a CSV row repeated, a symbolic
+/// link into a sibling class folder) is an error naming both places, or with the skip policy a
+/// warning that keeps the first. Files are compared by their canonical path, so links and
+/// `a/../a` spellings of one file are the same file.
+fn read_each_file_once(
+    files: Vec<LabelledFile>,
+    class_names: &[String],
+    policy: BadFilePolicy,
+) -> Result<Vec<LabelledFile>, DataError> {
+    let canonical: Vec<PathBuf> = files
+        .par_iter()
+        .map(|file| std::fs::canonicalize(&file.path).unwrap_or_else(|_| file.path.clone()))
+        .collect();
+    let mut first_seen: std::collections::HashMap<&PathBuf, usize> =
+        std::collections::HashMap::with_capacity(files.len());
+    let mut keep = vec![true; files.len()];
+    for (index, path) in canonical.iter().enumerate() {
+        let Some(&first) = first_seen.get(path) else {
+            first_seen.insert(path, index);
+            continue;
+        };
+        let place = |file: &LabelledFile| {
+            let class = class_names.get(file.label).map_or("?", String::as_str);
+            match &file.listed_at {
+                Some(listed_at) => format!("class '{class}' on {listed_at}"),
+                None => format!("class '{class}' as {}", file.path.display()),
+            }
+        };
+        let (a, b) = (&files[first], &files[index]);
+        let reason = if a.label == b.label {
+            format!("read twice, as {} and as {}", place(a), place(b))
+        } else {
+            format!("under two classes: {} and {}", place(a), place(b))
+        };
+        let error = DataError::DuplicateFile {
+            path: path.clone(),
+            reason,
+        };
+        if policy != BadFilePolicy::Skip {
+            return Err(error);
+        }
+        // Keep the file where it lives: the occurrence reached through fewer symbolic links
+        // (a link from one class folder into another loses), else the first.
+        let drop = if links_in(&b.path) < links_in(&a.path) {
+            first_seen.insert(path, index);
+            first
+        } else {
+            index
+        };
+        eprintln!(
+            "warning: skipping a repeated file, kept as {}: {error}",
+            files[first + index - drop].path.display()
+        );
+        keep[drop] = false;
+    }
+    Ok(files
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(file, keep)| keep.then_some(file))
+        .collect())
+}
+
+/// How many of `path`'s components are symbolic links.
+fn links_in(path: &std::path::Path) -> usize {
+    path.ancestors()
+        .filter(|ancestor| {
+            std::fs::symlink_metadata(ancestor).is_ok_and(|meta| meta.file_type().is_symlink())
+        })
+        .count()
+}
+
 /// Decodes `files` in parallel and assembles the data set.
 ///
 /// Either every file carries a split or none does. When none does, the split is drawn with
@@ -62,6 +133,7 @@ pub(crate) fn dataset_from_files(
     files: Vec<LabelledFile>,
     options: &LoadOptions,
 ) -> Result<Dataset, DataError> {
+    let files = read_each_file_once(files, &class_names, options.on_bad_file)?;
     let total_files = files.len();
     let decoded: Vec<Result<LoadedImage, DataError>> = files
         .par_iter()

@@ -193,7 +193,8 @@ fn list_class_images(
     ignored: &mut IgnoredFiles,
 ) -> Result<Vec<PathBuf>, DataError> {
     let mut images = Vec::new();
-    collect_images(class_dir, 0, &mut images, ignored)?;
+    let mut visited = std::collections::HashSet::new();
+    collect_images(class_dir, 0, &mut images, &mut visited, ignored)?;
     if images.is_empty() {
         return Err(DataError::EmptyClass {
             path: class_dir.to_path_buf(),
@@ -202,12 +203,19 @@ fn list_class_images(
     Ok(images)
 }
 
+/// Image files below `dir`, depth first in name order. A folder reached again through a
+/// symbolic link (a loop) is not walked twice; `visited` holds the canonical folders walked.
 fn collect_images(
     dir: &Path,
     depth: usize,
     images: &mut Vec<PathBuf>,
+    visited: &mut std::collections::HashSet<PathBuf>,
     ignored: &mut IgnoredFiles,
 ) -> Result<(), DataError> {
+    let canonical = std::fs::canonicalize(dir).map_err(|error| DataError::io(dir, error))?;
+    if !visited.insert(canonical) {
+        return Ok(());
+    }
     for path in read_dir_sorted(dir)? {
         let hidden = path
             .file_name()
@@ -217,7 +225,7 @@ fn collect_images(
         }
         if path.is_dir() {
             if depth < MAX_DEPTH {
-                collect_images(&path, depth + 1, images, ignored)?;
+                collect_images(&path, depth + 1, images, visited, ignored)?;
             }
         } else if has_image_extension(&path) {
             images.push(path);
@@ -314,6 +322,47 @@ mod tests {
         .unwrap();
         assert_eq!(small.image_shape(), ImageShape::new(32, 32, 1));
         assert_eq!(small.test.images.len(), 3 * 32 * 32);
+    }
+
+    #[test]
+    fn links_are_followed_once_and_a_file_under_two_classes_is_refused() {
+        let temp = TempDir::new("links");
+        let root = flat_copy(&temp);
+        // A loop inside a class folder: its images are still read once.
+        std::os::unix::fs::symlink(root.join("basophil"), root.join("basophil/again")).unwrap();
+        let dataset = load(&root, &LoadOptions::default()).unwrap();
+        let total = dataset.train.len() + dataset.val.len() + dataset.test.len();
+        assert_eq!(total, 15, "5 images in each of 3 classes, each read once");
+
+        // A link from one class into another: the same files under two labels.
+        std::os::unix::fs::symlink(root.join("platelet"), root.join("erythroblast/platelets"))
+            .unwrap();
+        let error = load(&root, &LoadOptions::default()).unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, DataError::DuplicateFile { .. }), "{text}");
+        assert!(
+            text.contains("under two classes: class 'erythroblast'")
+                && text.contains("and class 'platelet'"),
+            "{text}"
+        );
+        let skipping = LoadOptions {
+            on_bad_file: BadFilePolicy::Skip,
+            ..Default::default()
+        };
+        let dataset = load(&root, &skipping).unwrap();
+        let total = dataset.train.len() + dataset.val.len() + dataset.test.len();
+        assert_eq!(total, 15, "one of each pair kept");
+        let counts: Vec<usize> = [&dataset.train, &dataset.val, &dataset.test]
+            .iter()
+            .map(|split| split.class_counts(3))
+            .fold(vec![0; 3], |sum, c| {
+                sum.iter().zip(c).map(|(a, b)| a + b).collect()
+            });
+        assert_eq!(
+            counts,
+            vec![5, 5, 5],
+            "each kept under the class folder it lives in"
+        );
     }
 
     #[test]
@@ -512,7 +561,7 @@ mod tests {
         };
         let root = shared.join("pbc128");
         if !root.is_dir() {
-            eprintln!("note: {} is absent; skipping", root.display());
+            crate::attention::testing::skip(&format!("{} is absent", root.display()));
             return;
         }
         let options = LoadOptions {

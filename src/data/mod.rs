@@ -204,7 +204,10 @@ pub(crate) mod test_support {
         if dir.is_dir() {
             Some(dir)
         } else {
-            eprintln!("note: {} is absent; skipping this test", dir.display());
+            crate::attention::testing::skip(&format!(
+                "{} is absent (the full PBC data set)",
+                dir.display()
+            ));
             None
         }
     }

@@ -243,14 +243,52 @@ fn read_npz_checked<R: Read + Seek>(
         splits.push((split, split_name));
     }
 
-    let max_label = splits
+    // Where the largest label is, for the errors below: `(split name, index, value)`.
+    let (max_split, max_index, max_label) = splits
         .iter()
-        .flat_map(|(split, _)| split.labels.iter().copied())
-        .max()
-        .unwrap_or(0);
+        .flat_map(|(split, split_name)| {
+            split
+                .labels
+                .iter()
+                .enumerate()
+                .map(move |(index, &label)| (*split_name, index, label))
+        })
+        .max_by_key(|&(_, _, label)| label)
+        .unwrap_or(("train", 0, 0));
+    let out_of_range = |reason: String| DataError::BadLabel {
+        path: source.to_path_buf(),
+        location: format!("{max_split}_labels[{max_index}]"),
+        reason,
+    };
     let class_names: Vec<String> = match known_class_names(name) {
         Some(names) if max_label < names.len() => names.iter().map(|n| n.to_string()).collect(),
-        _ => (0..=max_label).map(|class| class.to_string()).collect(),
+        Some(names) => {
+            return Err(out_of_range(format!(
+                "label {max_label} is out of range: {name} has {} classes (0..={})",
+                names.len(),
+                names.len() - 1
+            )));
+        }
+        None => {
+            let mut seen = vec![false; max_label + 1];
+            for (split, _) in &splits {
+                for &label in &split.labels {
+                    seen[label] = true;
+                }
+            }
+            let missing: Vec<String> = (0..=max_label)
+                .filter(|&class| !seen[class])
+                .map(|class| class.to_string())
+                .collect();
+            if !missing.is_empty() {
+                return Err(out_of_range(format!(
+                    "label {max_label} leaves class(es) {} without any image; labels must run \
+                     from 0 to k-1 without gaps (is {max_label} a typo?)",
+                    missing.join(", ")
+                )));
+            }
+            (0..=max_label).map(|class| class.to_string()).collect()
+        }
     };
     let mut splits = splits.into_iter().map(|(split, _)| split);
     let (Some(train), Some(val), Some(test)) = (splits.next(), splits.next(), splits.next()) else {
@@ -806,6 +844,43 @@ mod tests {
             "{error}"
         );
         assert!(error.to_string().contains("multi-label"), "{error}");
+    }
+
+    #[test]
+    fn a_label_out_of_range_names_the_array_index_and_value() {
+        let temp = TempDir::new("npz_label_range");
+        // BreastMNIST has two classes; labels cycling through three reach 2.
+        let path = temp.path().join("breastmnist.npz");
+        write_synthetic(&path, &[4, 4], 3, 1, &[]);
+        let message = load(&path, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("test_labels[11]: label 2 is out of range: breastmnist has 2 classes"),
+            "{message}"
+        );
+        // Any name: a label that leaves a class without a single image.
+        let path = temp.path().join("gaps.npz");
+        let mut npz = NpzWriter::create(&path).unwrap();
+        for split in ["train", "val", "test"] {
+            add_array(&mut npz, &format!("{split}_images"), &[3, 2, 2], &[7u8; 12]);
+            let labels: &[u8] = if split == "val" {
+                &[0, 7, 1]
+            } else {
+                &[0, 1, 1]
+            };
+            add_array(&mut npz, &format!("{split}_labels"), &[3, 1], labels);
+        }
+        drop(npz);
+        let message = load(&path, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(
+                "val_labels[1]: label 7 leaves class(es) 2, 3, 4, 5, 6 without any image"
+            ),
+            "{message}"
+        );
     }
 
     #[test]

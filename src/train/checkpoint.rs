@@ -190,6 +190,12 @@ impl RunDir {
 
     /// Open an existing run folder (for evaluation, prediction or resuming).
     pub fn open(root: &Path) -> Result<Self, TrainError> {
+        if !root.is_dir() {
+            return Err(TrainError::Io {
+                path: root.to_path_buf(),
+                message: "no such folder".into(),
+            });
+        }
         let run = RunDir {
             root: root.to_path_buf(),
             lock: None,
@@ -369,11 +375,29 @@ impl RunDir {
     }
 
     fn epoch_dir(&self, pointer: &str) -> Result<PathBuf, TrainError> {
-        let name = self
-            .pointer(pointer)?
-            .ok_or_else(|| TrainError::NoCheckpoint {
-                path: self.root.clone(),
-            })?;
+        let Some(name) = self.pointer(pointer)? else {
+            // Epoch folders without the pointer: the pointer file was lost, the run was not.
+            let mut epochs: Vec<String> = fs::read_dir(self.checkpoints())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("epoch-"))
+                .collect();
+            epochs.sort();
+            return Err(match epochs.last() {
+                Some(last) => TrainError::Corrupt {
+                    path: self.checkpoints().join(pointer),
+                    message: format!(
+                        "the '{pointer}' pointer file is missing, though epoch folders exist (the \
+                         last is {last}); write the name of the epoch folder to use into it"
+                    ),
+                },
+                None => TrainError::NoCheckpoint {
+                    path: self.root.clone(),
+                },
+            });
+        };
         Ok(self.checkpoints().join(name))
     }
 
@@ -414,12 +438,50 @@ pub(crate) fn load_model_bytes(
             message: e.to_string(),
         }
     })?;
-    model
+    let model = model
         .try_load_record(record)
         .map_err(|e| TrainError::Corrupt {
             path: path.to_path_buf(),
             message: format!("the weights do not fit this model (was run.json edited?): {e}"),
-        })
+        })?;
+    // A training run never saves a non-finite weight (divergence stops it first), so one here
+    // means the file was damaged: say so now, not as NaN probabilities later.
+    if let Some((index, value)) = first_non_finite_weight(&model) {
+        return Err(TrainError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!(
+                "weight tensor {index} holds {value}; the file is damaged (retrain, or load \
+                 another epoch's checkpoint)"
+            ),
+        });
+    }
+    Ok(model)
+}
+
+/// The first non-finite float among the model's parameters and buffers: `(tensor number in
+/// module order, value)`.
+fn first_non_finite_weight(model: &ResNet) -> Option<(usize, f32)> {
+    struct Finder {
+        index: usize,
+        found: Option<(usize, f32)>,
+    }
+    impl ModuleVisitor for Finder {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.found.is_none()
+                && let Ok(values) = param.val().into_data().try_to_vec::<f32>()
+                && let Some(value) = values.into_iter().find(|v| !v.is_finite())
+            {
+                self.found = Some((self.index, value));
+            }
+            self.index += 1;
+        }
+    }
+    let mut finder = Finder {
+        index: 0,
+        found: None,
+    };
+    model.visit(&mut finder);
+    finder.found
 }
 
 /// Shape and dtype of every float parameter of a model, by parameter id.
@@ -548,7 +610,8 @@ mod tests {
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["checkpoints", "latest"]);
+        // The lock file stays: it is the folder's, not a leftover.
+        assert_eq!(left, [".lock", "checkpoints", "latest"]);
     }
 
     use crate::fuzzing::{checkpoint_model, checkpoint_optimizer, optimizer_step};

@@ -433,8 +433,6 @@ mod tests {
         assert!(error.to_string().contains("seed '12x'"), "{error}");
     }
 
-    use super::*;
-
     #[test]
     fn toml_round_trips_and_rejects_unknown_keys() {
         let config = TrainConfig {

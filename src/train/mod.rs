@@ -92,8 +92,9 @@ pub enum TrainError {
     DataMismatch(String),
     /// The loss stopped being a number.
     #[error(
-        "training diverged: the loss became {value} at epoch {epoch}, step {step}; the last good \
-         checkpoint is kept; try a lower learning rate (--lr)"
+        "training diverged: the loss became {value} at epoch {epoch}, step {step}; {}; try a \
+         lower learning rate (--lr)",
+        if *epoch > 1 { "the last good checkpoint is kept" } else { "no epoch had finished, so there is no checkpoint" }
     )]
     Diverged {
         /// Epoch, 1-based.
