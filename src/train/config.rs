@@ -354,7 +354,8 @@ mod tests {
             milestones,
             gamma: 0.1,
         };
-        let cases: Vec<(Box<dyn FnOnce(&mut TrainConfig)>, &str)> = vec![
+        type Change<'a> = Box<dyn FnOnce(&mut TrainConfig) + 'a>;
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|c| c.schedule = cosine(-1.0, 0.0)),
                 "warmup_epochs must be >= 0",
