@@ -160,6 +160,16 @@ impl TrainConfig {
     /// Check values that would otherwise fail deep inside training.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
+        // config.toml records the path as text, which TOML requires to be UTF-8.
+        if let Some(data) = &self.data
+            && data.to_str().is_none()
+        {
+            problems.push(format!(
+                "the data path {} is not valid UTF-8; a run records it in config.toml as text, \
+                 so rename it (or link to it from a UTF-8 path)",
+                data.display()
+            ));
+        }
         if self.epochs == 0 {
             problems.push("epochs must be at least 1".to_string());
         }
@@ -409,6 +419,14 @@ mod tests {
             ""
         );
         assert_eq!(problems(|c| c.reduction = 16), "");
+    }
+
+    #[test]
+    fn a_data_path_that_is_not_utf8_is_refused_not_a_panic() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/data/pbc\xff"));
+        let found = problems(|c| c.data = Some(path.to_path_buf()));
+        assert!(found.contains("is not valid UTF-8"), "{found}");
     }
 
     #[test]
