@@ -46,6 +46,12 @@ pub trait AttentionUnit: Sized {
     /// Multiply-accumulates of one forward pass on one `[C, H, W]` feature map, counted from
     /// the shapes: pooling and per-element products count one each, as profilers count them.
     fn macs(&self, input: [usize; 3]) -> u64;
+
+    /// The feature-map size `[H, W]` the unit's parameters are tied to, when it refuses maps of
+    /// other sizes (a network holding such a unit takes only its training input size).
+    fn fixed_input_size(&self) -> Option<[usize; 2]> {
+        None
+    }
 }
 
 impl AttentionUnit for Identity {
@@ -170,6 +176,9 @@ impl AttentionUnit for Ppcr {
     fn attention_map(&self, x: Tensor<4>) -> Option<Tensor<4>> {
         Some(Ppcr::attention_map(self, x))
     }
+    fn fixed_input_size(&self) -> Option<[usize; 2]> {
+        (!self.resize_to_input).then(|| self.spatial_size())
+    }
     fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
         let pixels = height * width;
         let maps = super::pyramid_maps(self.levels);
@@ -181,7 +190,7 @@ impl AttentionUnit for Ppcr {
 }
 
 macro_rules! attention_units {
-    ($($variant:ident($unit:ty) = $name:literal, $doc:literal;)*) => {
+    ($($variant:ident($unit:ty) = $name:literal, $label:literal, $doc:literal;)*) => {
         /// The attention units the factory can build, by name.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum AttentionKind {
@@ -200,6 +209,13 @@ macro_rules! attention_units {
             pub fn name(self) -> &'static str {
                 match self {
                     $(AttentionKind::$variant => $name,)*
+                }
+            }
+
+            /// The unit's name as its paper writes it, for figures and messages.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(AttentionKind::$variant => $label,)*
                 }
             }
         }
@@ -247,6 +263,13 @@ macro_rules! attention_units {
                 }
             }
 
+            /// The feature-map size the unit's parameters are tied to, when it refuses others.
+            pub fn fixed_input_size(&self) -> Option<[usize; 2]> {
+                match self {
+                    $(Attention::$variant(unit) => AttentionUnit::fixed_input_size(unit),)*
+                }
+            }
+
             /// The unit's spatial attention map `[B, 1, H, W]`, where it has one.
             pub fn attention_map(&self, x: Tensor<4>) -> Option<Tensor<4>> {
                 match self {
@@ -258,14 +281,14 @@ macro_rules! attention_units {
 }
 
 attention_units! {
-    None(Identity) = "none", "No attention: the plain backbone.";
-    Se(SqueezeExcitation) = "se", "Squeeze-and-Excitation (Hu et al. 2018).";
-    Eca(EfficientChannelAttention) = "eca", "Efficient Channel Attention (Wang et al. 2020).";
-    Cbam(Cbam) = "cbam", "Convolutional Block Attention Module (Woo et al. 2018).";
-    Srm(StyleRecalibration) = "srm", "Style-based Recalibration Module (Lee et al. 2019).";
-    Gct(GatedChannelTransformation) = "gct", "Gated Channel Transformation (Yang et al. 2020).";
-    SimAm(SimAm) = "simam", "SimAM, parameter-free (Yang et al. 2021).";
-    Ppcr(Ppcr) = "ppcr", "Pyramid Pixel Context Recalibration (Zhang et al. 2023).";
+    None(Identity) = "none", "NONE", "No attention: the plain backbone.";
+    Se(SqueezeExcitation) = "se", "SE", "Squeeze-and-Excitation (Hu et al. 2018).";
+    Eca(EfficientChannelAttention) = "eca", "ECA", "Efficient Channel Attention (Wang et al. 2020).";
+    Cbam(Cbam) = "cbam", "CBAM", "Convolutional Block Attention Module (Woo et al. 2018).";
+    Srm(StyleRecalibration) = "srm", "SRM", "Style-based Recalibration Module (Lee et al. 2019).";
+    Gct(GatedChannelTransformation) = "gct", "GCT", "Gated Channel Transformation (Yang et al. 2020).";
+    SimAm(SimAm) = "simam", "SimAM", "SimAM, parameter-free (Yang et al. 2021).";
+    Ppcr(Ppcr) = "ppcr", "PPCR", "Pyramid Pixel Context Recalibration (Zhang et al. 2023).";
 }
 
 impl Attention {
@@ -368,6 +391,25 @@ mod tests {
             assert_eq!(unit.kind(), *kind);
             assert_eq!(unit.forward(x.clone()).dims(), [2, 16, 4, 4], "{kind}");
         }
+    }
+
+    #[test]
+    fn units_say_which_input_size_they_are_tied_to_and_how_they_are_named() {
+        let device = device();
+        for kind in AttentionKind::ALL {
+            let unit = AttentionConfig::new(*kind)
+                .init(16, [4, 6], &device)
+                .unwrap();
+            let expected = (*kind == AttentionKind::Ppcr).then_some([4, 6]);
+            assert_eq!(unit.fixed_input_size(), expected, "{kind}");
+            assert_eq!(kind.label().to_ascii_lowercase(), kind.name(), "{kind}");
+        }
+        let resizing = AttentionConfig::new(AttentionKind::Ppcr)
+            .with_ppcr_resize_to_input(true)
+            .init(16, [4, 6], &device)
+            .unwrap();
+        assert_eq!(resizing.fixed_input_size(), None);
+        assert_eq!(AttentionKind::SimAm.label(), "SimAM");
     }
 
     #[test]

@@ -12,7 +12,6 @@ use image::RgbImage;
 use serde::Serialize;
 
 use super::device::DeviceArgs;
-use ppcr::attention::AttentionKind;
 use ppcr::data::{Split, load_image_file, load_image_file_rgb, make_batch};
 use ppcr::explain::{
     ColorBar, Colormap, Heatmap, Rect, ResNetExplanation, Target, display_size, explain_resnet,
@@ -323,10 +322,7 @@ fn write_figures(
         info.model.attention.kind.name()
     );
     let unit = info.model.attention.kind.name();
-    let unit_label = match info.model.attention.kind {
-        AttentionKind::SimAm => "SimAM".to_string(),
-        kind => kind.name().to_ascii_uppercase(),
-    };
+    let unit_label = info.model.attention.kind.label().to_string();
     let mut figures = Vec::new();
     let mut draw = |kind: &'static str,
                     file: String,

@@ -252,17 +252,19 @@ impl ResNet {
                 self.in_channels
             )));
         }
-        let size_bound = self.attention_units().any(|unit| match unit {
-            Attention::Ppcr(ppcr) => !ppcr.resize_to_input,
-            _ => false,
-        });
-        if size_bound && (height != self.input_size || width != self.input_size) {
+        let size_bound = self
+            .attention_units()
+            .find(|unit| unit.fixed_input_size().is_some());
+        if let Some(unit) = size_bound
+            && (height != self.input_size || width != self.input_size)
+        {
             return Err(ModelError::InputMismatch(format!(
-                "model was built for {0}x{0} inputs (its PPCR units hold per-pixel weights) but \
-                 was fed {height}x{width}; resize the images to {0} px (--size {0}), or train \
-                 with `ppcr_resize_to_input = true` in a --config file so its units resample \
-                 their weights",
-                self.input_size
+                "model was built for {0}x{0} inputs (its {1} units hold weights for each \
+                 position of their feature maps) but was fed {height}x{width}; resize the images \
+                 to {0} px (--size {0}), or train with `ppcr_resize_to_input = true` in a \
+                 --config file so its units resample their weights",
+                self.input_size,
+                unit.kind().label()
             )));
         }
         Ok(())
