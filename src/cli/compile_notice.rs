@@ -63,7 +63,7 @@ fn watch(cache_dir: PathBuf) {
         } else if due {
             line(&format!(
                 "compiling GPU kernels: {} so far ({:.0} s; a first run on this machine \
-                 compiles them once, later runs load them from {})",
+                 compiles and tunes them, later runs reuse what {} keeps)",
                 seen - before,
                 now.duration_since(began).as_secs_f64(),
                 cache_dir.display()
