@@ -52,23 +52,20 @@ fn sharded_grid_is_collected_and_finished_runs_are_not_retrained() {
     with(&["--shard", "1/2"]);
     // Make one run look interrupted after its last epoch: it must be resumed, not retrained.
     std::fs::remove_file(out.join("runs/ppcr-s1/metrics.json")).unwrap();
-    let untouched = std::fs::metadata(out.join("runs/none-s0/metrics.json"))
-        .unwrap()
-        .modified()
-        .unwrap();
+    let modified = || {
+        std::fs::metadata(out.join("runs/none-s0/metrics.json"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let untouched = modified();
     let last = with(&[]);
     assert!(last.contains("ppcr seed 1 (resuming)"), "{last}");
     assert!(
         !last.contains("none seed 0"),
         "a finished run was trained again:\n{last}"
     );
-    assert_eq!(
-        std::fs::metadata(out.join("runs/none-s0/metrics.json"))
-            .unwrap()
-            .modified()
-            .unwrap(),
-        untouched
-    );
+    assert_eq!(modified(), untouched);
 
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
@@ -111,11 +108,5 @@ fn sharded_grid_is_collected_and_finished_runs_are_not_retrained() {
         &["other settings", "none-s0", "epochs: run has 2, now 3"],
     );
     assert!(!String::from_utf8_lossy(&other.stdout).contains("of this invocation"));
-    assert_eq!(
-        std::fs::metadata(out.join("runs/none-s0/metrics.json"))
-            .unwrap()
-            .modified()
-            .unwrap(),
-        untouched
-    );
+    assert_eq!(modified(), untouched);
 }

@@ -310,10 +310,14 @@ mod tests {
             }
         }
         let first = image("pbc_mini/train/basophil/BA_184682.jpg");
-        let twice = write_csv(&temp, "twice.csv", &format!("{rows}{first},basophil\n"));
-        let text = load(&twice, &LoadOptions::default())
-            .unwrap_err()
-            .to_string();
+        // The error for the nine rows plus `first` again under `class`, in file `name`.
+        let with_first_as = |name: &str, class: &str| {
+            let path = write_csv(&temp, name, &format!("{rows}{first},{class}\n"));
+            load(&path, &LoadOptions::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let text = with_first_as("twice.csv", "basophil");
         assert!(
             text.contains(
                 "read twice, as class 'basophil' on line 1 of twice.csv and as class \
@@ -321,10 +325,7 @@ mod tests {
             ),
             "{text}"
         );
-        let conflict = write_csv(&temp, "conflict.csv", &format!("{rows}{first},platelet\n"));
-        let text = load(&conflict, &LoadOptions::default())
-            .unwrap_err()
-            .to_string();
+        let text = with_first_as("conflict.csv", "platelet");
         assert!(
             text.contains(
                 "under two classes: class 'basophil' on line 1 of conflict.csv and \

@@ -93,17 +93,17 @@ fn read_each_file_once(
         }
         // Keep the file where it lives: the occurrence reached through fewer symbolic links
         // (a link from one class folder into another loses), else the first.
-        let drop = if links_in(&b.path) < links_in(&a.path) {
+        let (kept, dropped) = if links_in(&b.path) < links_in(&a.path) {
             first_seen.insert(path, index);
-            first
+            (index, first)
         } else {
-            index
+            (first, index)
         };
         eprintln!(
             "warning: skipping a repeated file, kept as {}: {error}",
-            files[first + index - drop].path.display()
+            files[kept].path.display()
         );
-        keep[drop] = false;
+        keep[dropped] = false;
     }
     Ok(files
         .into_iter()
