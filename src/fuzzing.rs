@@ -17,7 +17,8 @@ use burn::tensor::{Device, Tensor};
 use crate::attention::{AttentionConfig, AttentionKind};
 use crate::data::{DataError, Dataset, LoadOptions};
 use crate::models::{Backbone, ResNet, ResNetConfig};
-use crate::train::{RunInfo, TrainConfig, TrainError, TrainState};
+use crate::runfiles::{RunInfo, TrainState};
+use crate::train::{TrainConfig, TrainError};
 
 /// Parses `bytes` as a MedMNIST `.npz` file named `fuzz.npz`, at the data's own size and
 /// channels, so the parser's own checks (not a resize) decide what is allocated.
@@ -125,7 +126,7 @@ pub fn optimizer_step<M: Module>(optimizer: &mut burn::optim::ModuleOptimizer, m
 pub fn checkpoint(file: CheckpointFile, bytes: &[u8]) -> Result<(), TrainError> {
     match file {
         CheckpointFile::Model => {
-            let model = crate::train::model_from_bytes(
+            let model = crate::runfiles::load_model_bytes(
                 MODEL.clone(),
                 bytes.to_vec(),
                 Path::new("fuzz/model.bpk"),
@@ -134,7 +135,7 @@ pub fn checkpoint(file: CheckpointFile, bytes: &[u8]) -> Result<(), TrainError> 
             let _ = model.forward(input).into_data();
         }
         CheckpointFile::Optimizer => {
-            let mut optimizer = crate::train::optimizer_from_bytes(
+            let mut optimizer = crate::runfiles::load_optimizer_bytes(
                 checkpoint_optimizer(),
                 bytes.to_vec(),
                 Path::new("fuzz/optimizer.bpk"),
@@ -145,11 +146,11 @@ pub fn checkpoint(file: CheckpointFile, bytes: &[u8]) -> Result<(), TrainError> 
         }
         CheckpointFile::State => {
             let text = String::from_utf8_lossy(bytes);
-            let _: TrainState = crate::train::json_from_str(&text, Path::new("fuzz/state.json"))?;
+            let _: TrainState = crate::runfiles::parse_json(&text, Path::new("fuzz/state.json"))?;
         }
         CheckpointFile::RunInfo => {
             let text = String::from_utf8_lossy(bytes);
-            let _: RunInfo = crate::train::json_from_str(&text, Path::new("fuzz/run.json"))?;
+            let _: RunInfo = crate::runfiles::parse_json(&text, Path::new("fuzz/run.json"))?;
         }
     }
     Ok(())
@@ -162,7 +163,7 @@ mod tests {
 
     use super::*;
     use crate::data::AugmentConfig;
-    use crate::train::EpochRecord;
+    use crate::runfiles::EpochRecord;
 
     /// Real checkpoint files of the fuzzing model, each prefixed with the target's selector
     /// byte: model.bpk (0), optimizer.bpk after one step (1), state.json (2), run.json (3).

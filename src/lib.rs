@@ -5,7 +5,10 @@
 //! multi-scale channel context. [`attention`] holds it and the units it is compared to;
 //! [`models`] the ResNets they plug into; [`metrics`] the classification metrics reviewers ask
 //! for; [`explain`] Grad-CAM and the units' attention maps drawn over the input image;
-//! [`report`] the HTML report of runs and comparisons.
+//! [`train`] and [`compare`] the training loop and the grid of units over seeds, whose files
+//! (one type per file: run folder, checkpoints, logs, metrics, comparison summary) are in
+//! [`runfiles`], shared by their writers and readers; [`report`] the HTML report of runs and
+//! comparisons.
 
 pub mod attention;
 pub mod compare;
@@ -21,4 +24,5 @@ pub mod models;
 pub mod params;
 pub mod profile;
 pub mod report;
+pub mod runfiles;
 pub mod train;

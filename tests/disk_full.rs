@@ -12,7 +12,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use burn::tensor::Device;
-use ppcr::train::{PAUSE_AT_VAR, PAUSE_MARKER_VAR, RunDir, load_trained_model};
+use ppcr::runfiles::{PAUSE_AT_VAR, PAUSE_MARKER_VAR, RunDir};
+use ppcr::train::load_trained_model;
 
 /// Runs `script` with a `size` tmpfs mounted on `$DISK`, or `None` where that is impossible.
 fn on_small_disk(folder: &Path, size: &str, script: &str) -> Option<Output> {

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use burn::optim::record::OptimizerRecord;
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device};
-use ppcr::train::{PAUSE_AT_VAR, PAUSE_MARKER_VAR, RunDir, TrainState, load_trained_model};
+use ppcr::runfiles::{PAUSE_AT_VAR, PAUSE_MARKER_VAR, RunDir, TrainState};
+use ppcr::train::load_trained_model;
 
 const EPOCHS: usize = 4;
 

@@ -31,7 +31,7 @@ fn config() -> TrainConfig {
 struct StopAfter(usize, usize);
 
 impl TrainObserver for StopAfter {
-    fn on_epoch(&mut self, _record: &ppcr::train::EpochRecord, _is_best: bool) {
+    fn on_epoch(&mut self, _record: &ppcr::runfiles::EpochRecord, _is_best: bool) {
         self.1 += 1;
     }
     fn should_stop(&mut self) -> bool {

@@ -8,7 +8,8 @@ use clap::{Args, ValueEnum};
 
 use super::device::DeviceArgs;
 use ppcr::data::{BadFilePolicy, LoadOptions, builtin_breastmnist, load};
-use ppcr::train::{RunDir, TrainConfig, evaluate_split, load_trained_model};
+use ppcr::runfiles::RunDir;
+use ppcr::train::{TrainConfig, evaluate_split, load_trained_model};
 
 /// Which split to evaluate.
 #[derive(Debug, Clone, Copy, ValueEnum)]

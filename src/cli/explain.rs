@@ -17,7 +17,8 @@ use ppcr::explain::{
     ColorBar, Colormap, Heatmap, Rect, ResNetExplanation, Target, display_size, explain_resnet,
     render_panel, resize_rgb, save_png,
 };
-use ppcr::train::{RunDir, RunInfo, load_trained_model, write_atomic};
+use ppcr::runfiles::{RunDir, RunInfo, write_atomic};
+use ppcr::train::load_trained_model;
 
 /// Options of `ppcr explain`.
 #[derive(Args, Debug)]

@@ -8,7 +8,8 @@ use clap::Args;
 
 use super::device::DeviceArgs;
 use ppcr::data::{Split, load_image_file};
-use ppcr::train::{RunDir, load_trained_model};
+use ppcr::runfiles::RunDir;
+use ppcr::train::load_trained_model;
 
 /// Options of `ppcr predict`.
 #[derive(Args, Debug)]

@@ -4,7 +4,8 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use ppcr::train::{EpochRecord, StepProgress, TrainObserver};
+use ppcr::runfiles::EpochRecord;
+use ppcr::train::{StepProgress, TrainObserver};
 
 /// Prints training progress.
 pub struct ConsoleProgress {

@@ -10,7 +10,8 @@ use burn::tensor::Device;
 
 use ppcr::data::{LoadOptions, builtin_breastmnist};
 use ppcr::profile::{MemoryCurve, MemorySample, resident_set_bytes};
-use ppcr::train::{EpochRecord, TrainConfig, TrainError, TrainObserver, train};
+use ppcr::runfiles::EpochRecord;
+use ppcr::train::{TrainConfig, TrainError, TrainObserver, train};
 
 /// Growth of resident memory after the first epoch above which the soak run fails.
 const ALLOWED_GROWTH: f64 = 0.05;
@@ -87,7 +88,7 @@ pub fn run(minutes: f64, csv: &Path, device: &Device) -> anyhow::Result<()> {
         Err(TrainError::Interrupted { .. }) | Ok(_) => {}
         Err(error) => return Err(error.into()),
     }
-    ppcr::train::write_atomic(csv, recorder.curve.to_csv().as_bytes())
+    ppcr::runfiles::write_atomic(csv, recorder.curve.to_csv().as_bytes())
         .map_err(|e| anyhow::anyhow!("{}: cannot write the memory curve: {e}", csv.display()))?;
     let samples = &recorder.curve.samples;
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);

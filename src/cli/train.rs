@@ -11,7 +11,8 @@ use super::device::{DeviceArgs, open_devices};
 use super::progress::ConsoleProgress;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
-use ppcr::train::{LogFormat, LrSchedule, SelectionMetric, TrainConfig, train_on};
+use ppcr::runfiles::{LogFormat, SelectionMetric};
+use ppcr::train::{LrSchedule, TrainConfig, train_on};
 
 /// Options of `ppcr train`. Every option can also come from the TOML file; flags win.
 #[derive(Args, Debug)]

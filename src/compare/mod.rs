@@ -11,10 +11,7 @@ mod plan;
 mod summary;
 
 pub use plan::{CompareRun, RunStatus, Shard, plan_runs};
-pub use summary::{
-    CompareSummary, MetricStats, PairedComparison, SUMMARY_METRICS, UnitSummary, paired_t_test,
-    summarise, write_summary,
-};
+pub use summary::{SUMMARY_METRICS, paired_t_test, summarise, write_summary};
 
 /// Why a comparison could not be planned or summarised.
 #[derive(Debug, thiserror::Error)]
@@ -25,15 +22,10 @@ pub enum CompareError {
          Slurm array numbered from 1, --array=1-N, gives $((SLURM_ARRAY_TASK_ID - 1))/N)"
     )]
     Shard(String),
-    /// A finished run's files could not be read.
-    #[error("{path}: {message}")]
-    Run {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// Writing the tables failed.
+    /// A file of the comparison or of one of its runs could not be read or written.
+    #[error(transparent)]
+    Files(#[from] crate::runfiles::RunFileError),
+    /// A run's model could not be built.
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
 }

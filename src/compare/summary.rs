@@ -6,13 +6,15 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use super::{CompareError, CompareRun, RunStatus};
 use crate::attention::AttentionKind;
 use crate::profile::count_macs;
-use crate::train::{RunDir, write_atomic};
+use crate::runfiles::{
+    CompareSummary, MetricStats, PairedComparison, RunDir, RunFileError, RunMetrics, UnitSummary,
+    write_atomic,
+};
 
 /// The test metrics the table reports, as named in `metrics.json`.
 pub const SUMMARY_METRICS: [&str; 6] = [
@@ -23,88 +25,6 @@ pub const SUMMARY_METRICS: [&str; 6] = [
     "kappa",
     "ece",
 ];
-
-/// Mean, sample standard deviation and the values over seeds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricStats {
-    /// Mean.
-    pub mean: f64,
-    /// Sample standard deviation (n - 1; 0 for one value).
-    pub std: f64,
-    /// The values, by seed.
-    pub values: Vec<f64>,
-}
-
-impl MetricStats {
-    fn of(values: Vec<f64>) -> Self {
-        let n = values.len() as f64;
-        let mean = values.iter().sum::<f64>() / n.max(1.0);
-        let std = if values.len() > 1 {
-            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-        } else {
-            0.0
-        };
-        MetricStats { mean, std, values }
-    }
-}
-
-/// One unit's row of the table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UnitSummary {
-    /// The unit.
-    pub attention: AttentionKind,
-    /// Finished runs (seeds).
-    pub runs: usize,
-    /// Trainable parameters.
-    pub params: usize,
-    /// Multiply-accumulates of one forward pass on one image.
-    pub macs: u64,
-    /// Training wall time per run, seconds.
-    pub train_seconds: MetricStats,
-    /// Test metrics, by name ([`SUMMARY_METRICS`]).
-    pub metrics: std::collections::BTreeMap<String, MetricStats>,
-    /// Seeds of the finished runs, in the order of the values.
-    pub seeds: Vec<u64>,
-}
-
-/// PPCR against one other unit on one metric, over the seeds both finished.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PairedComparison {
-    /// The unit compared against the baseline (PPCR).
-    pub candidate: AttentionKind,
-    /// The other unit.
-    pub baseline: AttentionKind,
-    /// The metric.
-    pub metric: String,
-    /// Mean over seeds of PPCR minus baseline.
-    pub mean_difference: f64,
-    /// Two-sided paired t-test p-value; `None` with fewer than two seeds or no spread.
-    pub p_value: Option<f64>,
-    /// Seeds paired.
-    pub seeds: usize,
-}
-
-/// `compare.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CompareSummary {
-    /// The data compared on.
-    pub data: String,
-    /// Seeds of the grid.
-    pub seeds: Vec<u64>,
-    /// Units of the grid.
-    pub units: Vec<AttentionKind>,
-    /// Runs of the grid not finished yet.
-    pub missing_runs: usize,
-    /// One row per unit with at least one finished run.
-    pub rows: Vec<UnitSummary>,
-    /// PPCR against every other unit (empty when PPCR is not in the grid).
-    pub paired: Vec<PairedComparison>,
-    /// The training settings every run of the grid shares, as each run's `config.toml` holds
-    /// them, without the two that vary by run (`attention`, `seed`); empty in a `compare.json`
-    /// written before they were recorded.
-    #[serde(default)]
-    pub settings: toml::Table,
-}
 
 /// Two-sided p-value of a paired t-test on `differences` (`None` with fewer than two values or
 /// all differences equal).
@@ -126,37 +46,30 @@ struct FinishedRun {
     params: usize,
     macs: u64,
     train_seconds: f64,
-    metrics: serde_json::Value,
+    metrics: RunMetrics,
 }
 
 fn read_run(run: &CompareRun) -> Result<FinishedRun, CompareError> {
-    let path = run.dir.join("metrics.json");
-    let problem = |message: String| CompareError::Run {
-        path: path.clone(),
-        message,
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| problem(e.to_string()))?;
-    let metrics: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| problem(format!("not valid JSON: {e}")))?;
     let info = RunDir::open(&run.dir)?.read_run_info()?;
-    // The model is built only to count its parameters: the CPU always exists and this needs
-    // no accelerator, whichever device the runs trained on.
+    let metrics = RunMetrics::read(&run.dir, info.class_names.len())?;
+    // The model is built only to count its multiply-accumulates: the CPU always exists and this
+    // needs no accelerator, whichever device the runs trained on.
     let model = info
         .model
         .init(&Device::flex())
-        .map_err(|e| problem(e.to_string()))?;
+        .map_err(|e| CompareError::Train(e.into()))?;
     Ok(FinishedRun {
         attention: run.attention,
         seed: run.seed,
-        params: metrics["params"].as_u64().unwrap_or(0) as usize,
+        params: metrics.params,
         macs: count_macs(&model, info.model.input_size).total,
-        train_seconds: metrics["train_seconds"].as_f64().unwrap_or(f64::NAN),
-        metrics: metrics["test"].clone(),
+        train_seconds: metrics.train_seconds.unwrap_or(f64::NAN),
+        metrics,
     })
 }
 
 fn metric(run: &FinishedRun, name: &str) -> f64 {
-    run.metrics[name].as_f64().unwrap_or(f64::NAN)
+    run.metrics.test_metric(name)
 }
 
 /// Summarise the finished runs of `runs` (the whole grid).
@@ -332,15 +245,9 @@ pub fn csv_table(summary: &CompareSummary) -> Vec<u8> {
 pub fn write_summary(out: &Path, summary: &CompareSummary) -> Result<PathBuf, CompareError> {
     let write = |name: &str, bytes: &[u8]| {
         let path = out.join(name);
-        write_atomic(&path, bytes).map_err(|e| CompareError::Run {
-            path: path.clone(),
-            message: format!("cannot write: {e}"),
-        })
+        write_atomic(&path, bytes).map_err(|e| RunFileError::write(&path, e))
     };
-    write(
-        "compare.json",
-        &serde_json::to_vec_pretty(summary).expect("summary serialises"),
-    )?;
+    summary.write(out)?;
     write("compare.csv", &csv_table(summary))?;
     write("compare.md", markdown(summary).as_bytes())?;
     Ok(out.join("compare.md"))
@@ -361,13 +268,5 @@ mod tests {
         assert!((p - 0.07418).abs() < 1e-4);
         assert_eq!(paired_t_test(&[0.5]), None);
         assert_eq!(paired_t_test(&[0.5, 0.5]), None);
-    }
-
-    #[test]
-    fn stats_use_the_sample_standard_deviation() {
-        let stats = MetricStats::of(vec![1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(stats.mean, 2.5);
-        assert!((stats.std - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
-        assert_eq!(MetricStats::of(vec![7.0]).std, 0.0);
     }
 }

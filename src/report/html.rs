@@ -11,12 +11,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::plots::{self, Legend, LineChart, Series};
-use super::sources::{
-    CompareRow, CompareSource, GallerySource, MAX_GALLERY_IMAGES, RunSource, Source,
-};
+use super::sources::{CompareSource, GallerySource, MAX_GALLERY_IMAGES, RunSource, Source};
 use super::{Report, ReportError};
+use crate::attention::AttentionKind;
 use crate::metrics::ClassificationReport;
-use crate::train::{EpochRecord, SelectionMetric};
+use crate::runfiles::{EpochRecord, MetricStats, SelectionMetric, UnitSummary};
 
 /// The style sheet of the page.
 const STYLE: &str = "\
@@ -149,11 +148,12 @@ fn number(value: Option<f64>, digits: usize) -> String {
     value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.digits$}"))
 }
 
-fn mean_std(mean: Option<f64>, std: Option<f64>, digits: usize) -> String {
-    match (mean, std) {
-        (Some(mean), Some(std)) => format!("{mean:.digits$} ± {std:.digits$}"),
-        (Some(mean), None) => format!("{mean:.digits$}"),
-        _ => "n/a".to_string(),
+/// `mean ± std` over seeds; "n/a" where the mean is undefined (NaN: `null` in the file).
+fn mean_std(stats: &MetricStats, digits: usize) -> String {
+    match (stats.mean, stats.std) {
+        (mean, _) if !mean.is_finite() => "n/a".to_string(),
+        (mean, std) if !std.is_finite() => format!("{mean:.digits$}"),
+        (mean, std) => format!("{mean:.digits$} ± {std:.digits$}"),
     }
 }
 
@@ -519,7 +519,7 @@ fn per_class_table(test: &ClassificationReport, class_names: &[String]) -> Strin
 
 /// The units of a comparison in display order: `units` of the file, then any other unit found
 /// in its rows or runs.
-fn unit_order(compare: &CompareSource) -> Vec<String> {
+fn unit_order(compare: &CompareSource) -> Vec<AttentionKind> {
     let mut units = compare.summary.units.clone();
     let others = compare
         .summary
@@ -529,7 +529,7 @@ fn unit_order(compare: &CompareSource) -> Vec<String> {
         .chain(compare.runs.iter().map(|run| &run.unit));
     for unit in others {
         if !units.contains(unit) {
-            units.push(unit.clone());
+            units.push(*unit);
         }
     }
     units
@@ -545,12 +545,19 @@ fn compare_section(compare: &CompareSource) -> Result<String, ReportError> {
          <tr><th>units</th><td>{}</td></tr>\n<tr><th>seeds</th><td>{}</td></tr>\n\
          <tr><th>runs found</th><td>{} under runs/</td></tr>\n</table>",
         escape(&summary.data),
-        escape(&summary.units.join(", ")),
+        escape(
+            &summary
+                .units
+                .iter()
+                .map(|unit| unit.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         seeds.join(", "),
         compare.runs.len()
     );
     let order = unit_order(compare);
-    let mut rows: Vec<&CompareRow> = summary.rows.iter().collect();
+    let mut rows: Vec<&UnitSummary> = summary.rows.iter().collect();
     rows.sort_by_key(|row| order.iter().position(|u| *u == row.attention));
     let mut keys: Vec<String> = METRIC_ORDER
         .iter()
@@ -573,7 +580,8 @@ fn compare_section(compare: &CompareSource) -> Result<String, ReportError> {
             let lower = metric_name(key).1;
             let means = rows
                 .iter()
-                .filter_map(|row| row.metrics.get(key).and_then(|m| m.mean));
+                .filter_map(|row| row.metrics.get(key).map(|m| m.mean))
+                .filter(|mean| mean.is_finite());
             let best = if lower {
                 means.fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v))))
             } else {
@@ -595,29 +603,22 @@ fn compare_section(compare: &CompareSource) -> Result<String, ReportError> {
         let _ = write!(
             html,
             "<tr data-unit=\"{0}\"><td>{0}</td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td>",
-            escape(&row.attention),
+            escape(row.attention.name()),
             row.runs,
-            row.params.map_or("n/a".into(), thousands),
-            row.macs.map_or("n/a".into(), operations),
-            row.train_seconds
-                .as_ref()
-                .map_or("n/a".into(), |t| mean_std(t.mean, t.std, 1)),
+            thousands(row.params as u64),
+            operations(row.macs),
+            mean_std(&row.train_seconds, 1),
         );
         for key in &keys {
             match row.metrics.get(key) {
                 Some(summary) => {
-                    let is_best =
-                        summary.mean.is_some() && summary.mean == best.get(key.as_str()).copied();
+                    let is_best = Some(summary.mean) == best.get(key.as_str()).copied();
                     let class = if is_best && rows.len() > 1 {
                         " class=\"best\""
                     } else {
                         ""
                     };
-                    let _ = write!(
-                        html,
-                        "<td{class}>{}</td>",
-                        mean_std(summary.mean, summary.std, 3)
-                    );
+                    let _ = write!(html, "<td{class}>{}</td>", mean_std(summary, 3));
                 }
                 None => html.push_str("<td>n/a</td>"),
             }
@@ -633,24 +634,13 @@ fn compare_section(compare: &CompareSource) -> Result<String, ReportError> {
     if summary.paired.is_empty() {
         html.push_str(&note("compare.json has no paired comparisons."));
     } else {
-        let named = summary.paired.iter().any(|p| p.unit.is_some());
-        html.push_str("<table class=\"paired\">\n<thead><tr>");
-        if named {
-            html.push_str("<th>unit</th>");
-        }
+        html.push_str("<table class=\"paired\">\n<thead><tr><th>unit</th>");
         html.push_str(
             "<th class=\"l\">baseline</th><th class=\"l\">metric</th><th>mean difference</th><th>p-value</th>\
              <th>seeds</th></tr></thead>\n<tbody>\n",
         );
         for paired in &summary.paired {
-            html.push_str("<tr>");
-            if named {
-                let _ = write!(
-                    html,
-                    "<td>{}</td>",
-                    escape(paired.unit.as_deref().unwrap_or(""))
-                );
-            }
+            let _ = write!(html, "<tr><td>{}</td>", escape(paired.candidate.name()));
             let p_value = match paired.p_value {
                 Some(p) if p < 0.001 => "&lt; 0.001".to_string(),
                 Some(p) => format!("{p:.3}"),
@@ -665,11 +655,13 @@ fn compare_section(compare: &CompareSource) -> Result<String, ReportError> {
                 html,
                 "<td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td{significant}>{p_value}</td>\
                  <td>{}</td></tr>",
-                escape(&paired.baseline),
+                escape(paired.baseline.name()),
                 escape(&metric_name(&paired.metric).0),
-                paired
-                    .mean_difference
-                    .map_or("n/a".into(), |d| format!("{d:+.4}")),
+                if paired.mean_difference.is_finite() {
+                    format!("{:+.4}", paired.mean_difference)
+                } else {
+                    "n/a".into()
+                },
                 paired.seeds
             );
         }
@@ -821,8 +813,13 @@ mod tests {
         assert_eq!(operations(1_820_000_000), "1.82 G");
         assert_eq!(seconds(80.14), "80.1 s");
         assert_eq!(seconds(185.0), "3 min 05 s");
-        assert_eq!(mean_std(Some(0.95), Some(0.01), 4), "0.9500 ± 0.0100");
-        assert_eq!(mean_std(None, Some(0.01), 4), "n/a");
+        let stats = |mean, std| MetricStats {
+            mean,
+            std,
+            values: vec![],
+        };
+        assert_eq!(mean_std(&stats(0.95, 0.01), 4), "0.9500 ± 0.0100");
+        assert_eq!(mean_std(&stats(f64::NAN, 0.01), 4), "n/a");
         assert_eq!(escape("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
     }
 

@@ -16,12 +16,9 @@ pub mod sources;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-pub use sources::{
-    CompareFile, CompareRow, CompareRun, CompareSource, GalleryImage, GallerySource, MeanStd,
-    MetricSummary, PairedRow, RunMetrics, RunSource, Source, TestPredictions,
-};
+pub use sources::{CompareRun, CompareSource, GalleryImage, GallerySource, RunSource, Source};
 
-use crate::train::write_atomic;
+use crate::runfiles::write_atomic;
 
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +31,9 @@ pub enum ReportError {
         /// What went wrong.
         message: String,
     },
+    /// A file of a run or comparison folder could not be read.
+    #[error(transparent)]
+    Files(#[from] crate::runfiles::RunFileError),
     /// A file exists but cannot be understood.
     #[error("{path}: unreadable or corrupt ({message})")]
     Corrupt {

@@ -10,15 +10,14 @@
 //!
 //! Every error names the file at fault and says what is wrong with it.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use super::ReportError;
-use crate::metrics::{ClassificationReport, RocCurve, one_vs_rest_auc, roc_curves};
-use crate::train::{EpochRecord, RunInfo, SelectionMetric};
+use crate::attention::AttentionKind;
+use crate::runfiles::{
+    CompareSummary, EpochRecord, RunInfo, RunMetrics, TestPredictions, read_json, read_log,
+};
 
 /// How many folder levels below a gallery folder are searched for PNG images.
 pub const GALLERY_DEPTH: usize = 3;
@@ -90,166 +89,6 @@ fn corrupt(path: &Path, message: impl std::fmt::Display) -> ReportError {
     }
 }
 
-fn read_text(path: &Path) -> Result<String, ReportError> {
-    fs::read_to_string(path).map_err(|e| io_error(path, format!("cannot read: {e}")))
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ReportError> {
-    serde_json::from_str(&read_text(path)?).map_err(|e| corrupt(path, e))
-}
-
-/// `metrics.json` of a finished run.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RunMetrics {
-    /// Epoch (1-based) whose weights were evaluated.
-    pub best_epoch: usize,
-    /// The validation metric that chose it.
-    #[serde(default)]
-    pub selected_on: Option<SelectionMetric>,
-    /// Backbone name.
-    pub backbone: String,
-    /// Attention unit name.
-    pub attention: String,
-    /// Trainable parameters.
-    pub params: usize,
-    /// Epochs trained.
-    pub epochs: usize,
-    /// Wall time of all epochs, seconds.
-    #[serde(default)]
-    pub train_seconds: Option<f64>,
-    /// Validation loss of the chosen weights.
-    #[serde(default)]
-    pub val_loss: Option<f64>,
-    /// Test loss of the chosen weights.
-    #[serde(default)]
-    pub test_loss: Option<f64>,
-    /// Validation metrics of the chosen weights.
-    pub val: ClassificationReport,
-    /// Test metrics of the chosen weights.
-    pub test: ClassificationReport,
-}
-
-/// `test_predictions.csv`: per test image its label and class probabilities.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TestPredictions {
-    /// Number of classes (probability columns).
-    pub num_classes: usize,
-    /// True class per image.
-    pub labels: Vec<usize>,
-    /// Row-major `labels.len() x num_classes` probabilities.
-    pub probabilities: Vec<f32>,
-}
-
-impl TestPredictions {
-    /// Read `path`, whose header must have `index,label,predicted` and one `p_<class>` column
-    /// per class of `class_names`.
-    pub fn read(path: &Path, class_names: &[String]) -> Result<Self, ReportError> {
-        let text = read_text(path)?;
-        let mut reader = csv::Reader::from_reader(text.as_bytes());
-        let header = reader.headers().map_err(|e| corrupt(path, e))?.clone();
-        let expected: Vec<String> = ["index", "label", "predicted"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(class_names.iter().map(|name| format!("p_{name}")))
-            .collect();
-        if header.iter().ne(expected.iter().map(String::as_str)) {
-            return Err(corrupt(
-                path,
-                format!(
-                    "header is '{}', expected '{}' for the classes of run.json",
-                    header.iter().collect::<Vec<_>>().join(","),
-                    expected.join(",")
-                ),
-            ));
-        }
-        let num_classes = class_names.len();
-        let mut labels = Vec::new();
-        let mut probabilities = Vec::new();
-        for (row, record) in reader.records().enumerate() {
-            let line = row + 2;
-            let record = record.map_err(|e| corrupt(path, e))?;
-            let label: usize = record[1].trim().parse().map_err(|_| {
-                corrupt(
-                    path,
-                    format!("line {line}: label '{}' is not a class index", &record[1]),
-                )
-            })?;
-            if label >= num_classes {
-                return Err(corrupt(
-                    path,
-                    format!("line {line}: label {label} is out of range for {num_classes} classes"),
-                ));
-            }
-            labels.push(label);
-            for value in record.iter().skip(3) {
-                let p: f32 = value
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|p: &f32| p.is_finite())
-                    .ok_or_else(|| {
-                        corrupt(path, format!("line {line}: '{value}' is not a probability"))
-                    })?;
-                probabilities.push(p);
-            }
-        }
-        if labels.is_empty() {
-            return Err(corrupt(path, "no predictions"));
-        }
-        Ok(TestPredictions {
-            num_classes,
-            labels,
-            probabilities,
-        })
-    }
-
-    /// One-vs-rest ROC curve and AUC of every class; `None` where a class has no positive or
-    /// no negative test image.
-    pub fn roc(&self) -> Vec<Option<(RocCurve, f64)>> {
-        // The reader checked sizes, labels and finiteness, which is all these can fail on.
-        let curves = roc_curves(&self.probabilities, self.num_classes, &self.labels)
-            .expect("predictions were validated when read");
-        let aucs = one_vs_rest_auc(&self.probabilities, self.num_classes, &self.labels)
-            .expect("predictions were validated when read");
-        curves
-            .into_iter()
-            .zip(aucs.per_class)
-            .map(|(curve, auc)| curve.zip(auc))
-            .collect()
-    }
-}
-
-/// Read `log.csv` or `log.jsonl` of a run folder.
-fn read_log(root: &Path) -> Result<Vec<EpochRecord>, ReportError> {
-    let csv_path = root.join("log.csv");
-    let jsonl_path = root.join("log.jsonl");
-    if csv_path.is_file() {
-        let text = read_text(&csv_path)?;
-        csv::Reader::from_reader(text.as_bytes())
-            .deserialize()
-            .enumerate()
-            .map(|(row, record)| {
-                record.map_err(|e| corrupt(&csv_path, format!("line {}: {e}", row + 2)))
-            })
-            .collect()
-    } else if jsonl_path.is_file() {
-        let text = read_text(&jsonl_path)?;
-        text.lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(row, line)| {
-                serde_json::from_str(line)
-                    .map_err(|e| corrupt(&jsonl_path, format!("line {}: {e}", row + 1)))
-            })
-            .collect()
-    } else {
-        Err(io_error(
-            &csv_path,
-            "missing (and no log.jsonl either): the run has no epoch log",
-        ))
-    }
-}
-
 /// A run folder of `ppcr train`.
 #[derive(Debug, Clone)]
 pub struct RunSource {
@@ -269,26 +108,9 @@ impl RunSource {
     /// Read a run folder; `run.json`, `metrics.json` and the log must be there.
     pub fn read(root: &Path) -> Result<Self, ReportError> {
         let info: RunInfo = read_json(&root.join("run.json"))?;
-        let metrics_path = root.join("metrics.json");
-        if !metrics_path.is_file() {
-            return Err(io_error(
-                &metrics_path,
-                "missing: the run has not finished (ppcr train writes it after the last epoch)",
-            ));
-        }
-        let metrics: RunMetrics = read_json(&metrics_path)?;
-        let classes = info.class_names.len();
-        let matrix = &metrics.test.confusion_matrix;
-        if matrix.len() != classes || matrix.iter().any(|row| row.len() != classes) {
-            return Err(corrupt(
-                &metrics_path,
-                format!(
-                    "the test confusion matrix is not {classes} x {classes} as run.json's classes"
-                ),
-            ));
-        }
+        let metrics = RunMetrics::read(root, info.class_names.len())?;
         let log = read_log(root)?;
-        let predictions_path = root.join("test_predictions.csv");
+        let predictions_path = root.join(TestPredictions::FILE_NAME);
         let predictions = if predictions_path.is_file() {
             Some(TestPredictions::read(&predictions_path, &info.class_names)?)
         } else {
@@ -304,91 +126,13 @@ impl RunSource {
     }
 }
 
-/// A mean and standard deviation over seeds (`null` in the file reads as `None`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct MeanStd {
-    /// Mean.
-    pub mean: Option<f64>,
-    /// Standard deviation.
-    #[serde(default)]
-    pub std: Option<f64>,
-}
-
-/// A metric's mean, standard deviation and per-seed values.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct MetricSummary {
-    /// Mean over seeds.
-    pub mean: Option<f64>,
-    /// Standard deviation over seeds.
-    #[serde(default)]
-    pub std: Option<f64>,
-    /// The value of each seed.
-    #[serde(default)]
-    pub values: Vec<Option<f64>>,
-}
-
-/// One unit's row of `compare.json`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct CompareRow {
-    /// The attention unit.
-    pub attention: String,
-    /// Runs (seeds) summarised.
-    pub runs: usize,
-    /// Trainable parameters.
-    #[serde(default)]
-    pub params: Option<u64>,
-    /// Multiply-accumulates of one forward pass.
-    #[serde(default)]
-    pub macs: Option<u64>,
-    /// Training wall time, seconds.
-    #[serde(default)]
-    pub train_seconds: Option<MeanStd>,
-    /// Test metrics by name (`accuracy`, `auc_macro`, ...).
-    pub metrics: BTreeMap<String, MetricSummary>,
-}
-
-/// A paired comparison of `compare.json`: a unit against a baseline over the same seeds.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct PairedRow {
-    /// The unit the difference is taken against.
-    pub baseline: String,
-    /// The unit compared, where the file names it.
-    #[serde(default, alias = "candidate", alias = "attention")]
-    pub unit: Option<String>,
-    /// The metric.
-    pub metric: String,
-    /// Mean over seeds of (unit - baseline).
-    pub mean_difference: Option<f64>,
-    /// p-value of the paired test.
-    #[serde(default)]
-    pub p_value: Option<f64>,
-    /// Seeds paired.
-    pub seeds: usize,
-}
-
-/// `compare.json`, written by `ppcr compare`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct CompareFile {
-    /// The data set compared on.
-    pub data: String,
-    /// Seeds of the runs.
-    pub seeds: Vec<u64>,
-    /// Units compared, in display order.
-    pub units: Vec<String>,
-    /// One row per unit.
-    pub rows: Vec<CompareRow>,
-    /// Paired comparisons.
-    #[serde(default)]
-    pub paired: Vec<PairedRow>,
-}
-
 /// One run of a comparison (`runs/NAME/`), as far as a report needs it.
 #[derive(Debug, Clone)]
 pub struct CompareRun {
     /// The run folder.
     pub root: PathBuf,
     /// Its attention unit, from `run.json`.
-    pub unit: String,
+    pub unit: AttentionKind,
     /// Its per-epoch log.
     pub log: Vec<EpochRecord>,
 }
@@ -399,7 +143,7 @@ pub struct CompareSource {
     /// The folder.
     pub root: PathBuf,
     /// `compare.json`.
-    pub summary: CompareFile,
+    pub summary: CompareSummary,
     /// The runs under `runs/*/` (folders with a `run.json`), by folder name.
     pub runs: Vec<CompareRun>,
 }
@@ -408,7 +152,7 @@ impl CompareSource {
     /// Read a comparison folder: `compare.json` and, for every `runs/*/` with a `run.json`, that
     /// run's unit and log (a folder without `runs/` has no curves).
     pub fn read(root: &Path) -> Result<Self, ReportError> {
-        let summary: CompareFile = read_json(&root.join("compare.json"))?;
+        let summary = CompareSummary::read(root)?;
         let runs_dir = root.join("runs");
         let mut runs = Vec::new();
         if runs_dir.is_dir() {
@@ -418,7 +162,7 @@ impl CompareSource {
                 }
                 let info: RunInfo = read_json(&folder.join("run.json"))?;
                 runs.push(CompareRun {
-                    unit: info.model.attention.kind.name().to_string(),
+                    unit: info.model.attention.kind,
                     log: read_log(&folder)?,
                     root: folder,
                 });
@@ -627,7 +371,10 @@ pub(crate) mod tests {
         };
         assert_eq!(run.info.class_names.len(), 3);
         assert_eq!(run.metrics.best_epoch, 2);
-        assert_eq!(run.metrics.selected_on, Some(SelectionMetric::Auc));
+        assert_eq!(
+            run.metrics.selected_on,
+            Some(crate::runfiles::SelectionMetric::Auc)
+        );
         assert_eq!(run.log.len(), 3);
         assert_eq!(run.log[0], log_record(1));
         assert_eq!(run.log[0].val_auc, None);
@@ -669,21 +416,25 @@ pub(crate) mod tests {
             panic!("not read as a comparison");
         };
         let summary = &compare.summary;
-        assert_eq!(summary.units, ["none", "se", "ppcr"]);
+        use AttentionKind::{None as Plain, Ppcr, Se};
+        assert_eq!(summary.units, [Plain, Se, Ppcr]);
         assert_eq!(summary.seeds, [0, 1, 2]);
         assert_eq!(summary.rows.len(), 3);
         let ppcr = &summary.rows[2];
-        assert_eq!((ppcr.attention.as_str(), ppcr.runs), ("ppcr", 3));
-        assert_eq!((ppcr.params, ppcr.macs), (Some(330072), Some(41_000_000)));
-        assert_eq!(ppcr.train_seconds.as_ref().unwrap().mean, Some(180.1));
+        assert_eq!((ppcr.attention, ppcr.runs), (Ppcr, 3));
+        assert_eq!((ppcr.params, ppcr.macs), (330072, 41_000_000));
+        assert_eq!(ppcr.train_seconds.mean, 180.1);
         let accuracy = &ppcr.metrics["accuracy"];
-        assert_eq!((accuracy.mean, accuracy.std), (Some(0.908), Some(0.005)));
+        assert_eq!((accuracy.mean, accuracy.std), (0.908, 0.005));
         assert_eq!(accuracy.values.len(), 3);
         assert_eq!(summary.paired.len(), 3);
-        assert_eq!(summary.paired[1].baseline, "se");
+        assert_eq!(
+            (summary.paired[1].candidate, summary.paired[1].baseline),
+            (Ppcr, Se)
+        );
         assert_eq!(summary.paired[1].p_value, Some(0.041));
         assert_eq!(compare.runs.len(), 9);
-        assert_eq!(compare.runs.iter().filter(|r| r.unit == "se").count(), 3);
+        assert_eq!(compare.runs.iter().filter(|r| r.unit == Se).count(), 3);
         assert!(compare.runs.iter().all(|r| r.log.len() == 6));
     }
 
@@ -692,15 +443,17 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(
             dir.path().join("compare.json"),
-            r#"{"data": "d", "seeds": [0], "units": ["se"], "rows": [{"attention": "se",
-                "runs": 1, "metrics": {"auc_macro": {"mean": null, "std": null}}}]}"#,
+            r#"{"data": "d", "seeds": [0], "units": ["se"], "missing_runs": 0, "paired": [],
+                "rows": [{"attention": "se", "runs": 1, "params": 1, "macs": 2, "seeds": [0],
+                "train_seconds": {"mean": 1.0, "std": null, "values": [1.0]},
+                "metrics": {"auc_macro": {"mean": null, "std": null, "values": [null]}}}]}"#,
         )
         .unwrap();
         let Source::Compare(compare) = Source::read(dir.path()).unwrap() else {
             panic!("not read as a comparison");
         };
         assert!(compare.runs.is_empty() && compare.summary.paired.is_empty());
-        assert_eq!(compare.summary.rows[0].metrics["auc_macro"].mean, None);
+        assert!(compare.summary.rows[0].metrics["auc_macro"].mean.is_nan());
     }
 
     #[test]

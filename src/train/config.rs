@@ -9,30 +9,7 @@ use super::LrSchedule;
 use crate::attention::AttentionKind;
 use crate::data::{AugmentConfig, BadFilePolicy};
 use crate::models::{Backbone, ShortcutKind, StemKind};
-
-/// The validation metric that picks the "best" checkpoint (never the test split).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SelectionMetric {
-    /// Macro one-vs-rest AUC (MedMNIST's choice); falls back to accuracy where undefined.
-    Auc,
-    /// Accuracy.
-    Accuracy,
-    /// Balanced accuracy.
-    BalancedAccuracy,
-    /// Validation loss (lower is better).
-    Loss,
-}
-
-/// Format of the per-epoch log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// `log.csv`, one row per epoch.
-    Csv,
-    /// `log.jsonl`, one JSON object per epoch.
-    Jsonl,
-}
+use crate::runfiles::{LogFormat, SelectionMetric};
 
 /// A training run's full configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,10 +4,11 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData, activation::softmax};
 
-use super::{RunDir, RunInfo, TrainError};
+use super::TrainError;
 use crate::data::{Normalization, Split, make_batch};
 use crate::metrics::{ClassificationReport, evaluate};
 use crate::models::ResNet;
+use crate::runfiles::{RunDir, RunInfo};
 
 /// A split's metrics and mean cross-entropy.
 #[derive(Debug, Clone)]

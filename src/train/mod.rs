@@ -3,27 +3,17 @@
 //! cosine or step schedules, label smoothing and class weighting, per-epoch validation,
 //! crash-safe checkpoints that resume exactly, and the metrics of [`crate::metrics`].
 
-mod atomic;
-mod checkpoint;
 mod config;
 mod data_parallel;
 mod evaluate;
 mod observer;
-mod pause;
 mod prefetch;
 mod schedule;
 mod trainer;
 
-pub use atomic::write_atomic;
-pub use checkpoint::{EpochRecord, RunDir, RunInfo, TrainState};
-pub(crate) use checkpoint::{
-    load_model_bytes as model_from_bytes, load_optimizer_bytes as optimizer_from_bytes,
-    parse_json as json_from_str,
-};
-pub use config::{LogFormat, SelectionMetric, TrainConfig};
+pub use config::TrainConfig;
 pub use evaluate::{SplitEvaluation, evaluate_split, load_trained_model, predict_probabilities};
 pub use observer::{NoObserver, StepProgress, TrainObserver};
-pub use pause::{PAUSE_AT_VAR, PAUSE_MARKER_VAR};
 pub use schedule::LrSchedule;
 pub use trainer::{TrainOutcome, saved_settings_differences, train, train_on};
 
@@ -43,34 +33,9 @@ pub enum TrainError {
     /// The model could not be built for this data.
     #[error(transparent)]
     Model(#[from] crate::models::ModelError),
-    /// Reading or writing a file failed.
-    #[error("{path}: {message}")]
-    Io {
-        /// The file or folder.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// A file exists but cannot be understood.
-    #[error("{path}: unreadable or corrupt ({message})")]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// A folder given as a run is not one.
-    #[error("{path}: not a ppcr run folder (no run.json); pass the --out folder of `ppcr train`")]
-    NotARun {
-        /// The folder.
-        path: PathBuf,
-    },
-    /// A run folder has no completed epoch.
-    #[error("{path}: the run has no completed checkpoint yet")]
-    NoCheckpoint {
-        /// The folder.
-        path: PathBuf,
-    },
+    /// A file of the run folder could not be read or written.
+    #[error(transparent)]
+    Files(#[from] crate::runfiles::RunFileError),
     /// Refused to overwrite an earlier run.
     #[error(
         "{path}: already holds a training run; pass --resume to continue it, or choose another --out"
@@ -103,15 +68,6 @@ pub enum TrainError {
         step: usize,
         /// The loss value.
         value: f32,
-    },
-    /// Another process is training in the run folder.
-    #[error(
-        "{path}: another ppcr process is training in this folder; wait for it to finish, or \
-         give another --out"
-    )]
-    Locked {
-        /// The run folder.
-        path: PathBuf,
     },
     /// The observer asked to stop; the run resumes from its last checkpoint.
     #[error("{path}: stopped after epoch {epoch}; continue with --resume --out {path}")]

@@ -1,7 +1,7 @@
 //! What the training loop reports as it goes, so a front end (a progress bar, a log, a test)
 //! can show it without the loop knowing who listens.
 
-use super::EpochRecord;
+use crate::runfiles::EpochRecord;
 
 /// Progress within an epoch, after each step.
 #[derive(Debug, Clone)]

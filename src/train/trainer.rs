@@ -18,19 +18,19 @@ use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
 
-use super::checkpoint::{EpochRecord, RunDir, RunInfo, TrainState};
 use super::data_parallel::{BatchGradients, DataParallel, StepStats};
 use super::evaluate::{SplitEvaluation, evaluate_split};
-use super::pause::pause_point;
 use super::prefetch::EpochBatches;
-use super::{LogFormat, SelectionMetric, StepProgress, TrainConfig, TrainError, TrainObserver};
+use super::{StepProgress, TrainConfig, TrainError, TrainObserver};
 use crate::attention::AttentionConfig;
 use crate::data::{AugmentConfig, Dataset, Normalization};
-use crate::metrics::{ClassificationReport, argmax};
 use crate::models::ResNetConfig;
 use crate::params::count_trainable;
+use crate::runfiles::{
+    EpochRecord, RunDir, RunFileError, RunInfo, RunMetrics, SelectionMetric, TestPredictions,
+    TrainState, pause_point, write_log,
+};
 
 /// What a finished run produced.
 #[derive(Debug, Clone)]
@@ -45,22 +45,6 @@ pub struct TrainOutcome {
     pub params: usize,
     /// Wall time of the epochs trained in this call, seconds.
     pub train_seconds: f64,
-}
-
-/// `metrics.json`.
-#[derive(Serialize)]
-struct MetricsFile<'a> {
-    best_epoch: usize,
-    selected_on: SelectionMetric,
-    backbone: String,
-    attention: String,
-    params: usize,
-    epochs: usize,
-    train_seconds: f64,
-    val_loss: f64,
-    test_loss: f64,
-    val: &'a ClassificationReport,
-    test: &'a ClassificationReport,
 }
 
 /// The generator for everything random in `epoch` (0-based) of a run seeded with `seed`.
@@ -126,16 +110,14 @@ pub fn saved_settings_differences(
     out: &Path,
     config: &TrainConfig,
 ) -> Result<Vec<String>, TrainError> {
-    let run = RunDir::open(out)?;
-    let text = std::fs::read_to_string(run.config_path()).map_err(|e| TrainError::Io {
-        path: run.config_path(),
-        message: e.to_string(),
-    })?;
-    let saved = TrainConfig::from_toml(&text).map_err(|e| TrainError::Corrupt {
-        path: run.config_path(),
-        message: e.to_string(),
-    })?;
+    let saved = saved_config(&RunDir::open(out)?)?;
     Ok(differences_except(&saved, config, &[]))
+}
+
+/// The configuration a run folder's `config.toml` holds.
+fn saved_config(run: &RunDir) -> Result<TrainConfig, TrainError> {
+    let text = run.read_config_text()?;
+    TrainConfig::from_toml(&text).map_err(|e| RunFileError::corrupt(&run.config_path(), e).into())
 }
 
 fn config_differences(saved: &TrainConfig, given: &TrainConfig) -> Vec<String> {
@@ -218,54 +200,6 @@ pub(crate) fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
         .init()
 }
 
-fn write_log(run: &RunDir, format: LogFormat, history: &[EpochRecord]) -> Result<(), TrainError> {
-    let (name, bytes) = match format {
-        LogFormat::Csv => {
-            let mut writer = csv::Writer::from_writer(Vec::new());
-            for record in history {
-                writer.serialize(record).expect("epoch records serialise");
-            }
-            ("log.csv", writer.into_inner().expect("in-memory writer"))
-        }
-        LogFormat::Jsonl => {
-            let mut bytes = Vec::new();
-            for record in history {
-                serde_json::to_writer(&mut bytes, record).expect("epoch records serialise");
-                bytes.push(b'\n');
-            }
-            ("log.jsonl", bytes)
-        }
-    };
-    // The log is rewritten whole from the checkpointed history, so it never disagrees with
-    // the checkpoint a resumed run starts from.
-    run.write_file(&run.root().join(name), &bytes)
-}
-
-/// `test_predictions.csv`: per test image its label, predicted class and class probabilities,
-/// so ROC curves and error analyses can be redrawn without rerunning the model.
-fn predictions_csv(class_names: &[String], labels: &[usize], probabilities: &[f32]) -> Vec<u8> {
-    let classes = class_names.len();
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    let mut header = vec![
-        "index".to_string(),
-        "label".to_string(),
-        "predicted".to_string(),
-    ];
-    header.extend(class_names.iter().map(|name| format!("p_{name}")));
-    writer.write_record(&header).expect("in-memory writer");
-    for (index, &label) in labels.iter().enumerate() {
-        let row = &probabilities[index * classes..(index + 1) * classes];
-        let mut record = vec![
-            index.to_string(),
-            label.to_string(),
-            argmax(row).to_string(),
-        ];
-        record.extend(row.iter().map(|p| p.to_string()));
-        writer.write_record(&record).expect("in-memory writer");
-    }
-    writer.into_inner().expect("in-memory writer")
-}
-
 /// Train on `dataset` into the run folder `out` (resuming it when `resume` is set), on
 /// `device` (a plain device; autodiff is added for training), and evaluate the checkpoint
 /// chosen on validation on the validation and test splits.
@@ -340,15 +274,7 @@ pub fn train_on(
         });
     }
     if resuming {
-        let saved_text =
-            std::fs::read_to_string(run.config_path()).map_err(|e| TrainError::Io {
-                path: run.config_path(),
-                message: e.to_string(),
-            })?;
-        let saved = TrainConfig::from_toml(&saved_text).map_err(|e| TrainError::Corrupt {
-            path: run.config_path(),
-            message: e.to_string(),
-        })?;
+        let saved = saved_config(&run)?;
         let differences = config_differences(&saved, config);
         if !differences.is_empty() {
             return Err(TrainError::ResumeMismatch {
@@ -534,7 +460,7 @@ pub fn train_on(
         state.epochs_completed = epoch + 1;
         state.history.push(record.clone());
         run.save_epoch(&model, &optim, &state, is_best)?;
-        write_log(&run, config.log_format, &state.history)?;
+        write_log(run.root(), config.log_format, &state.history)?;
         observer.on_epoch(&record, is_best);
         if epoch + 1 < config.epochs && observer.should_stop() {
             return Err(TrainError::Interrupted {
@@ -545,7 +471,7 @@ pub fn train_on(
     }
     let train_seconds = started.elapsed().as_secs_f64();
 
-    let best_epoch = state.best_epoch.ok_or_else(|| TrainError::NoCheckpoint {
+    let best_epoch = state.best_epoch.ok_or_else(|| RunFileError::NoCheckpoint {
         path: out.to_path_buf(),
     })?;
     let best = run.load_model(model_config.init(device)?, "best")?;
@@ -561,31 +487,26 @@ pub fn train_on(
     };
     let val = evaluate(&dataset.val)?;
     let test = evaluate(&dataset.test)?;
-    let metrics = MetricsFile {
+    RunMetrics {
         best_epoch,
-        selected_on: config.select_on,
+        selected_on: Some(config.select_on),
         backbone: config.backbone.to_string(),
         attention: config.attention.to_string(),
         params,
         epochs: config.epochs,
-        train_seconds: state.history.iter().map(|r| r.seconds).sum(),
-        val_loss: val.loss,
-        test_loss: test.loss,
-        val: &val.report,
-        test: &test.report,
-    };
-    run.write_file(
-        &run.metrics_path(),
-        &serde_json::to_vec_pretty(&metrics).expect("metrics serialise"),
-    )?;
-    run.write_file(
-        &run.root().join("test_predictions.csv"),
-        &predictions_csv(
-            &dataset.class_names,
-            &dataset.test.labels,
-            &test.probabilities,
-        ),
-    )?;
+        train_seconds: Some(state.history.iter().map(|r| r.seconds).sum()),
+        val_loss: Some(val.loss),
+        test_loss: Some(test.loss),
+        val: val.report.clone(),
+        test: test.report.clone(),
+    }
+    .write(out)?;
+    TestPredictions {
+        num_classes,
+        labels: dataset.test.labels.clone(),
+        probabilities: test.probabilities.clone(),
+    }
+    .write(out, &dataset.class_names)?;
     Ok(TrainOutcome {
         best_epoch,
         val,

@@ -10,7 +10,8 @@ use std::process::{Command, Output};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
-use ppcr::train::{RunDir, load_trained_model};
+use ppcr::runfiles::RunDir;
+use ppcr::train::load_trained_model;
 
 /// Run the `ppcr` binary built for these tests.
 pub fn ppcr<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
