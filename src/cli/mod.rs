@@ -12,6 +12,7 @@ mod data_options;
 mod device;
 mod eval;
 mod explain;
+mod import;
 mod models;
 mod panic_hook;
 mod predict;
@@ -47,6 +48,9 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Grad-CAM and attention-map figures for image files, with explain.json.
     Explain(explain::ExplainArgs),
+    /// A torchvision ImageNet checkpoint (resnet18/34/50) as a run folder to predict with or
+    /// fine-tune from.
+    Import(import::ImportArgs),
     /// List every backbone x attention unit with its parameter counts.
     Models(models::ModelsArgs),
     /// Train every unit with every seed and tabulate their test metrics.
@@ -67,6 +71,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Predict(args) => predict::run(&args),
         Command::Explain(args) => explain::run(&args),
+        Command::Import(args) => import::run(&args),
         Command::Models(args) => models::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Profile(args) => profile::run(&args),

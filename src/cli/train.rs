@@ -79,6 +79,19 @@ pub struct TrainSettings {
     /// Weight the loss by inverse class frequency.
     #[arg(long)]
     class_weighted: bool,
+    /// Start from pretrained weights: a torchvision checkpoint (.pth/.pt state dict or
+    /// .safetensors of resnet18/34/50) or a run folder (of `ppcr import` or `ppcr train`). A new
+    /// classifier where the classes differ; attention units start from their own initialisation.
+    #[arg(long, value_name = "FILE|DIR")]
+    pretrained: Option<PathBuf>,
+    /// Learning-rate factor of the pretrained parameters (all but the classifier and the
+    /// attention units) [default: 1; needs --pretrained].
+    #[arg(long, value_name = "F")]
+    backbone_lr_factor: Option<f64>,
+    /// Keep the pretrained parameters fixed for the first N epochs [default: 0; needs
+    /// --pretrained].
+    #[arg(long, value_name = "N")]
+    freeze_backbone_epochs: Option<usize>,
     /// Turn augmentation off.
     #[arg(long)]
     no_augment: bool,
@@ -184,6 +197,15 @@ pub fn resolve_config(
     }
     if let Some(smoothing) = args.label_smoothing {
         config.label_smoothing = smoothing;
+    }
+    if let Some(pretrained) = &args.pretrained {
+        config.pretrained = Some(pretrained.clone());
+    }
+    if let Some(factor) = args.backbone_lr_factor {
+        config.backbone_lr_factor = factor;
+    }
+    if let Some(epochs) = args.freeze_backbone_epochs {
+        config.freeze_backbone_epochs = epochs;
     }
     if args.class_weighted {
         config.class_weighted = true;

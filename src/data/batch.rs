@@ -28,6 +28,15 @@ pub struct Normalization {
 }
 
 impl Normalization {
+    /// ImageNet's RGB mean and standard deviation (on the 0-1 scale), with which torchvision's
+    /// pretrained networks were trained.
+    pub fn imagenet() -> Self {
+        Normalization {
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+        }
+    }
+
     /// Measures mean and standard deviation per channel over every pixel of `split`.
     ///
     /// Sums are accumulated exactly in integers, so the result does not depend on image order.

@@ -4,6 +4,7 @@
 mod backbone;
 mod blocks;
 pub mod layers;
+pub mod pretrained;
 mod resnet;
 
 pub use backbone::{Backbone, BackboneSpec, BlockKind, Family};

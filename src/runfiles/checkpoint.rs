@@ -22,6 +22,9 @@ use super::pause::pause_point;
 use super::{RunDir, RunFileError, TrainState};
 use crate::models::ResNet;
 
+/// The checkpoint folder of imported weights (see [`RunDir::save_weights`]).
+const IMPORTED: &str = "imported";
+
 impl RunDir {
     /// Save a completed epoch; `is_best` also moves the `best` pointer to it.
     pub fn save_epoch(
@@ -60,6 +63,39 @@ impl RunDir {
             self.write_file(&checkpoints.join("best"), name.as_bytes())?;
         }
         self.prune()
+    }
+
+    /// Save weights that no training here produced (an imported network) as the run's `best`
+    /// checkpoint, in `checkpoints/imported/`, without optimizer state: `predict`, `eval`,
+    /// `explain` and `train --pretrained` read it; there is nothing for `--resume` to resume.
+    pub fn save_weights(&self, model: &ResNet) -> Result<(), RunFileError> {
+        let checkpoints = self.checkpoints();
+        let partial = checkpoints.join(format!(".{IMPORTED}.partial"));
+        let final_dir = checkpoints.join(IMPORTED);
+        for dir in [&partial, &final_dir] {
+            if dir.exists() {
+                fs::remove_dir_all(dir).map_err(|e| RunFileError::io(dir, "cannot clear", e))?;
+            }
+        }
+        fs::create_dir_all(&partial).map_err(|e| RunFileError::write(&partial, e))?;
+        let bytes = model
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| RunFileError::io(&partial, "cannot serialise the model", e))?;
+        let written = self.write_file(&partial.join("model.bpk"), &bytes);
+        if written.is_err() {
+            let _ = fs::remove_dir_all(&partial);
+        }
+        written?;
+        fs::rename(&partial, &final_dir)
+            .map_err(|e| RunFileError::io(&final_dir, "cannot finish", e))?;
+        self.write_file(&checkpoints.join("best"), IMPORTED.as_bytes())
+    }
+
+    /// Whether the run has weights to predict with (a `best` checkpoint, trained or imported).
+    pub fn has_weights(&self) -> Result<bool, RunFileError> {
+        Ok(self.pointer("best")?.is_some())
     }
 
     /// The files of an epoch folder, written into `partial`.

@@ -79,6 +79,18 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Fraction held out for testing when the data has no test split.
     pub test_fraction: f64,
+    /// Start from these weights: a torchvision checkpoint (`.pth`/`.pt` as `torch.save` writes
+    /// a state dict, or `.safetensors`) or a run folder (of `ppcr import` or `ppcr train`).
+    /// The classifier keeps its initialisation when the class count differs, attention units
+    /// always do; a one-channel input sums the first convolution's RGB filters.
+    pub pretrained: Option<PathBuf>,
+    /// Learning-rate factor of the pretrained parameters (everything but the classifier and the
+    /// attention units), with `pretrained`.
+    pub backbone_lr_factor: f64,
+    /// Epochs at the start during which the pretrained parameters do not move (only the
+    /// classifier and the attention units train; BatchNorm statistics still update), with
+    /// `pretrained`.
+    pub freeze_backbone_epochs: usize,
 }
 
 impl Default for TrainConfig {
@@ -114,6 +126,9 @@ impl Default for TrainConfig {
             on_bad_file: BadFilePolicy::default(),
             val_fraction: 0.1,
             test_fraction: 0.2,
+            pretrained: None,
+            backbone_lr_factor: 1.0,
+            freeze_backbone_epochs: 0,
         }
     }
 }
@@ -145,6 +160,38 @@ impl TrainConfig {
                 "the data path {} is not valid UTF-8; a run records it in config.toml as text, \
                  so rename it (or link to it from a UTF-8 path)",
                 data.display()
+            ));
+        }
+        if let Some(pretrained) = &self.pretrained
+            && pretrained.to_str().is_none()
+        {
+            problems.push(format!(
+                "the pretrained path {} is not valid UTF-8; a run records it in config.toml as \
+                 text",
+                pretrained.display()
+            ));
+        }
+        if !(self.backbone_lr_factor.is_finite() && self.backbone_lr_factor > 0.0) {
+            problems.push(format!(
+                "backbone_lr_factor must be a number above 0, not {}",
+                self.backbone_lr_factor
+            ));
+        }
+        if self.pretrained.is_none() && self.backbone_lr_factor != 1.0 {
+            problems.push(
+                "backbone_lr_factor applies to pretrained weights: give pretrained too".into(),
+            );
+        }
+        if self.pretrained.is_none() && self.freeze_backbone_epochs > 0 {
+            problems.push(
+                "freeze_backbone_epochs applies to pretrained weights: give pretrained too".into(),
+            );
+        }
+        if self.freeze_backbone_epochs >= self.epochs && self.freeze_backbone_epochs > 0 {
+            problems.push(format!(
+                "freeze_backbone_epochs ({}) must be below epochs ({}), or the backbone never \
+                 trains",
+                self.freeze_backbone_epochs, self.epochs
             ));
         }
         if self.epochs == 0 {

@@ -471,17 +471,34 @@ mod tests {
     }
 
     /// A ResNet-20 + PPCR for 16x16 grey images and 3 classes, the same weights every call.
+    /// A fresh small model (its own running statistics) with the same weights on every call:
+    /// copied from one model built once, since a seeded build draws from the global generator,
+    /// which tests running in parallel draw from too.
     fn small_model(device: &Device) -> ResNet {
-        device.seed(3);
-        ResNetConfig::new(
-            Backbone::ResNet20,
-            AttentionConfig::new(AttentionKind::Ppcr),
-            3,
-        )
-        .with_in_channels(1)
-        .with_input_size(16)
-        .init(device)
-        .unwrap()
+        static WEIGHTS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let build = |device: &Device| {
+            ResNetConfig::new(
+                Backbone::ResNet20,
+                AttentionConfig::new(AttentionKind::Ppcr),
+                3,
+            )
+            .with_in_channels(1)
+            .with_input_size(16)
+            .init(device)
+            .unwrap()
+        };
+        let weights = WEIGHTS.get_or_init(|| {
+            build(&Device::flex())
+                .into_record()
+                .into_bytes()
+                .unwrap()
+                .to_vec()
+        });
+        let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
+            weights.clone(),
+        ))
+        .unwrap();
+        build(device).try_load_record(record).unwrap()
     }
 
     #[test]

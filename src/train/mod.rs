@@ -6,13 +6,16 @@
 mod config;
 mod data_parallel;
 mod evaluate;
+mod import;
 mod observer;
+mod param_groups;
 mod prefetch;
 mod schedule;
 mod trainer;
 
 pub use config::TrainConfig;
 pub use evaluate::{SplitEvaluation, evaluate_split, load_trained_model, predict_probabilities};
+pub use import::{IMAGENET_INPUT_SIZE, ImportOutcome, import_torchvision};
 pub use observer::{NoObserver, StepProgress, TrainObserver};
 pub use schedule::LrSchedule;
 pub use trainer::{TrainOutcome, saved_settings_differences, train, train_on};
@@ -33,6 +36,9 @@ pub enum TrainError {
     /// The model could not be built for this data.
     #[error(transparent)]
     Model(#[from] crate::models::ModelError),
+    /// Pretrained weights could not be read or do not fit the model.
+    #[error(transparent)]
+    Pretrained(#[from] crate::models::pretrained::PretrainedError),
     /// A file of the run folder could not be read or written.
     #[error(transparent)]
     Files(#[from] crate::runfiles::RunFileError),

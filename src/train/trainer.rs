@@ -21,11 +21,13 @@ use rand_chacha::ChaCha8Rng;
 
 use super::data_parallel::{BatchGradients, DataParallel, StepStats};
 use super::evaluate::{SplitEvaluation, evaluate_split};
+use super::param_groups::BackboneGroup;
 use super::prefetch::EpochBatches;
 use super::{StepProgress, TrainConfig, TrainError, TrainObserver};
 use crate::attention::AttentionConfig;
 use crate::data::{AugmentConfig, Dataset, Normalization};
 use crate::models::ResNetConfig;
+use crate::models::pretrained::PretrainedWeights;
 use crate::params::count_trainable;
 use crate::runfiles::{
     EpochRecord, RunDir, RunFileError, RunInfo, RunMetrics, SelectionMetric, TestPredictions,
@@ -76,7 +78,34 @@ pub(crate) fn model_config(
     Ok(model)
 }
 
-fn normalization(config: &TrainConfig, dataset: &Dataset) -> Result<Normalization, TrainError> {
+/// Weights a run starts from (`pretrained`), and the input normalisation they were trained
+/// with: ImageNet's for a torchvision file, the run's own for a run folder.
+fn read_pretrained(
+    source: &Path,
+    backbone: crate::models::Backbone,
+) -> Result<(PretrainedWeights, Normalization), TrainError> {
+    if source.is_dir() {
+        let (model, info) =
+            super::load_trained_model(&RunDir::open(source)?, "best", &Device::flex())?;
+        Ok((
+            PretrainedWeights::from_model(&model, source),
+            info.normalization,
+        ))
+    } else {
+        Ok((
+            PretrainedWeights::read_torchvision(source, backbone)?,
+            Normalization::imagenet(),
+        ))
+    }
+}
+
+/// The input normalisation: the configuration's, else that of the pretrained weights (their
+/// three channels averaged for one-channel data), else measured on the training split.
+fn normalization(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    pretrained: Option<&Normalization>,
+) -> Result<Normalization, TrainError> {
     let channels = dataset.image_shape().channels;
     match (&config.mean, &config.std) {
         (Some(mean), Some(std)) => {
@@ -90,7 +119,22 @@ fn normalization(config: &TrainConfig, dataset: &Dataset) -> Result<Normalizatio
                 std: std.clone(),
             })
         }
-        (None, None) => Ok(Normalization::from_split(&dataset.train)),
+        (None, None) => match pretrained {
+            Some(own) if own.mean.len() == channels => Ok(own.clone()),
+            Some(own) if channels == 1 => {
+                let average =
+                    |values: &[f32]| vec![values.iter().sum::<f32>() / values.len() as f32];
+                Ok(Normalization {
+                    mean: average(&own.mean),
+                    std: average(&own.std),
+                })
+            }
+            Some(own) => Err(TrainError::DataMismatch(format!(
+                "the pretrained weights take {} channels, the data has {channels}",
+                own.mean.len()
+            ))),
+            None => Ok(Normalization::from_split(&dataset.train)),
+        },
         _ => Err(TrainError::Config(
             "give both mean and std, or neither".into(),
         )),
@@ -256,7 +300,11 @@ pub fn train_on(
         )));
     }
     let model_config = model_config(config, dataset)?;
-    let normalization = normalization(config, dataset)?;
+    let pretrained = match &config.pretrained {
+        Some(source) => Some(read_pretrained(source, config.backbone)?),
+        None => None,
+    };
+    let normalization = normalization(config, dataset, pretrained.as_ref().map(|(_, n)| n))?;
     let shape = dataset.image_shape();
     let augment = match &config.augment {
         Some(augment) => augment.clone(),
@@ -268,7 +316,7 @@ pub fn train_on(
 
     let run = RunDir::create(out)?;
     let resuming = resume && run.has_checkpoint()?;
-    if !resume && (run.has_checkpoint()? || run.metrics_path().exists()) {
+    if !resume && (run.has_checkpoint()? || run.has_weights()? || run.metrics_path().exists()) {
         return Err(TrainError::RunExists {
             path: out.to_path_buf(),
         });
@@ -291,6 +339,34 @@ pub fn train_on(
     let params = count_trainable(&model);
     let mut optim = optimizer(config);
     let mut state = TrainState::default();
+    let mut starting_point = String::new();
+    if let Some((weights, _)) = &pretrained
+        && !resuming
+    {
+        let loaded = weights.load_into(model)?;
+        model = loaded.model;
+        starting_point = format!(
+            "; from {}{}{}",
+            weights.source().display(),
+            if loaded.classifier_kept {
+                ", new classifier"
+            } else {
+                ""
+            },
+            if loaded.summed_rgb {
+                ", RGB filters summed for grey input"
+            } else {
+                ""
+            }
+        );
+    }
+    let backbone_group = pretrained.is_some().then(|| {
+        BackboneGroup::of(
+            &model,
+            config.backbone_lr_factor,
+            config.freeze_backbone_epochs,
+        )
+    });
     if resuming {
         model = run.load_model(model, "latest")?;
         (optim, state) = run.load_training_state(optim, &model)?;
@@ -350,6 +426,7 @@ pub fn train_on(
         shape.width,
         shape.channels
     );
+    summary.push_str(&starting_point);
     if let Some(last) = state
         .history
         .last()
@@ -399,7 +476,10 @@ pub fn train_on(
                     stats,
                     grads,
                 } = data_parallel.batch_gradients(model, &pixels, &labels, image_dims)?;
-                model = optim.step(lr, stepped, grads);
+                model = match &backbone_group {
+                    Some(group) => group.step(&mut optim, lr, epoch, stepped, grads),
+                    None => optim.step(lr, stepped, grads),
+                };
                 running = running.add(stats);
                 seen += labels.len();
                 let last = step + 1 == steps_per_epoch;
