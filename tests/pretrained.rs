@@ -364,6 +364,21 @@ fn a_real_torch_save_file_is_read() {
         "{message}"
     );
 
+    let tensors = ppcr::models::pretrained::read_tensors(&file).unwrap();
+    let names: Vec<&str> = tensors.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["bn1.num_batches_tracked", "conv1.weight", "fc.bias"]
+    );
+    let conv = tensors["conv1.weight"].clone();
+    assert_eq!(conv.shape().to_vec(), [64, 3, 7, 7]);
+    let conv = conv.try_to_vec::<f32>().unwrap();
+    assert_eq!((conv[0], conv[100], conv[9407]), (0.0, 0.1, 9.407));
+    let bias = tensors["fc.bias"].clone().try_to_vec::<f32>().unwrap();
+    assert_eq!((bias.len(), bias[0], bias[999]), (1000, -1.0, 1.0));
+    let batches = tensors["bn1.num_batches_tracked"].clone();
+    assert_eq!(batches.try_to_vec::<i64>().unwrap(), [7]);
+
     let bytes = std::fs::read(&file).unwrap();
     let folder = tempfile::tempdir().unwrap();
     let truncated = folder.path().join("truncated.pth");

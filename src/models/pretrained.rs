@@ -177,7 +177,8 @@ fn parameter_shapes(model: &ResNet) -> Vec<(String, Vec<usize>)> {
         .collect()
 }
 
-/// The tensors of a state dict file, by name.
+/// The tensors of a state dict file by name, read lazily: `.safetensors` by its extension,
+/// anything else as `torch.save` writes a state dict.
 fn read_state_dict(
     path: &Path,
 ) -> Result<BTreeMap<String, burn::store::burn_pack::Tensor>, PretrainedError> {
@@ -209,6 +210,21 @@ fn read_state_dict(
             ))
         })
     }
+}
+
+/// Every tensor of a state dict file (`.safetensors` by its extension, anything else as
+/// `torch.save` writes one) by name, with its values in the file's own type.
+pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorData>, PretrainedError> {
+    read_state_dict(path)?
+        .into_iter()
+        .map(|(name, tensor)| {
+            let data = bridge::into_data(tensor).map_err(|e| PretrainedError::Read {
+                path: path.to_path_buf(),
+                message: format!("'{name}': {e}"),
+            })?;
+            Ok((name, data))
+        })
+        .collect()
 }
 
 /// Weights for a ppcr ResNet, by parameter path (attention units left out), and where they
