@@ -14,6 +14,7 @@ pub mod attention;
 pub mod compare;
 pub mod data;
 pub mod explain;
+pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gpu;
@@ -21,6 +22,7 @@ pub mod gpu;
 pub(crate) mod kernels;
 pub mod metrics;
 pub mod models;
+pub mod onnx;
 pub mod params;
 pub mod profile;
 pub mod report;

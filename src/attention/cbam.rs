@@ -12,6 +12,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::tensor::{Device, Tensor, activation};
 
 use crate::kernels::cpu::cbam as cbam_fused;
+use crate::onnx::{OnnxError, OnnxGraph};
 
 /// Configuration of a [`Cbam`] unit.
 #[derive(Config, Debug)]
@@ -116,6 +117,50 @@ impl Cbam {
     /// The spatial attention map `[B, 1, H, W]` the unit applies to `x`, for analysis.
     pub fn attention_map(&self, x: Tensor<4>) -> Tensor<4> {
         self.spatial_weights(self.channel_gate(x))
+    }
+}
+
+impl Cbam {
+    /// The unit as ONNX operators from `x` (`[N, C, H, W]`): the channel gate (average and max
+    /// pools through the shared MLP), then the spatial gate (channel max and mean, the 7x7
+    /// convolution with its BatchNorm folded in) on the refined map, as [`Cbam::tensor_forward`].
+    pub fn to_onnx(
+        &self,
+        graph: &mut OnnxGraph,
+        x: &str,
+        [channels, _, _]: [usize; 3],
+    ) -> Result<String, OnnxError> {
+        let mlp = |graph: &mut OnnxGraph, pooled: &str| {
+            let hidden = graph.linear(
+                pooled,
+                self.channel_reduce.weight.val(),
+                self.channel_reduce.bias.as_ref().map(|b| b.val()),
+            );
+            let hidden = graph.unary("Relu", &hidden);
+            graph.linear(
+                &hidden,
+                self.channel_expand.weight.val(),
+                self.channel_expand.bias.as_ref().map(|b| b.val()),
+            )
+        };
+        let average = graph.global_pool("GlobalAveragePool", x);
+        let average = mlp(graph, &average);
+        let maximum = graph.global_pool("GlobalMaxPool", x);
+        let maximum = mlp(graph, &maximum);
+        let sum = graph.binary("Add", &average, &maximum);
+        let gate = graph.unary("Sigmoid", &sum);
+        let refined = graph.scale_channels(x, &gate, channels);
+        let channel_max = graph.reduce("ReduceMax", &refined, &[1]);
+        let channel_mean = graph.reduce("ReduceMean", &refined, &[1]);
+        let pooled = graph.node(
+            "Concat",
+            &[&channel_max, &channel_mean],
+            vec![crate::onnx::int("axis", 1)],
+        );
+        let convolved =
+            graph.conv_batch_norm(&pooled, &self.spatial_conv, Some(&self.spatial_norm))?;
+        let spatial = graph.unary("Sigmoid", &convolved);
+        Ok(graph.binary("Mul", &refined, &spatial))
     }
 }
 

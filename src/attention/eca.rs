@@ -12,6 +12,7 @@ use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::tensor::{Device, Tensor, activation};
 
 use super::channel_ops::{ChannelOps, PlaneStatistic};
+use crate::onnx::OnnxGraph;
 
 /// Configuration of an [`EfficientChannelAttention`] unit.
 #[derive(Config, Debug)]
@@ -77,6 +78,35 @@ impl EfficientChannelAttention {
             .reshape([batch, 1, channels]);
         let weights = activation::sigmoid(self.channel_conv.forward(pooled));
         ops.scale(x, weights.reshape([batch, channels]))
+    }
+}
+
+impl EfficientChannelAttention {
+    /// The unit as ONNX operators from `x` (`[N, C, H, W]`): pool, the 1-D convolution across
+    /// channels (a `Conv` over `[N, 1, C]`), scale.
+    pub fn to_onnx(&self, graph: &mut OnnxGraph, x: &str, [channels, _, _]: [usize; 3]) -> String {
+        let pooled = graph.global_pool("GlobalAveragePool", x);
+        let pooled = graph.reshape(&pooled, &[-1, 1, channels as i64]);
+        let kernel = self.channel_conv.kernel_size;
+        let (left, right) = match self.channel_conv.padding {
+            burn::nn::PaddingConfig1d::Explicit(left, right) => (left, right),
+            _ => ((kernel - 1) / 2, (kernel - 1) / 2),
+        };
+        let weight = graph.tensor(
+            "eca_weight",
+            self.channel_conv.weight.val(),
+            &[1, 1, kernel],
+        );
+        let convolved = graph.node(
+            "Conv",
+            &[&pooled, &weight],
+            vec![
+                crate::onnx::ints("kernel_shape", &[kernel as i64]),
+                crate::onnx::ints("pads", &[left as i64, right as i64]),
+            ],
+        );
+        let gate = graph.unary("Sigmoid", &convolved);
+        graph.scale_channels(x, &gate, channels)
     }
 }
 

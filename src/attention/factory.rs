@@ -12,6 +12,8 @@ use burn::nn::Identity;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::onnx::{OnnxError, OnnxGraph};
+
 use super::{
     AttentionError, Cbam, CbamConfig, EfficientChannelAttention, EfficientChannelAttentionConfig,
     GatedChannelTransformation, GatedChannelTransformationConfig, Ppcr, PpcrConfig, SimAm,
@@ -52,6 +54,16 @@ pub trait AttentionUnit: Sized {
     fn fixed_input_size(&self) -> Option<[usize; 2]> {
         None
     }
+
+    /// Append the unit's inference-time computation to `graph` as standard ONNX operators,
+    /// from the value `x` (`[N, C, H, W]`, `shape = [C, H, W]`); returns the output's name, or
+    /// refuses by the unit's name where it has no ONNX form.
+    fn to_onnx(
+        &self,
+        graph: &mut OnnxGraph,
+        x: &str,
+        shape: [usize; 3],
+    ) -> Result<String, OnnxError>;
 }
 
 impl AttentionUnit for Identity {
@@ -60,6 +72,14 @@ impl AttentionUnit for Identity {
     }
     fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         Ok(x)
+    }
+    fn to_onnx(
+        &self,
+        _graph: &mut OnnxGraph,
+        x: &str,
+        _shape: [usize; 3],
+    ) -> Result<String, OnnxError> {
+        Ok(x.to_string())
     }
     fn macs(&self, _input: [usize; 3]) -> u64 {
         0
@@ -75,6 +95,14 @@ impl AttentionUnit for SqueezeExcitation {
     fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         Ok(self.forward(x))
     }
+    fn to_onnx(
+        &self,
+        graph: &mut OnnxGraph,
+        x: &str,
+        shape: [usize; 3],
+    ) -> Result<String, OnnxError> {
+        Ok(SqueezeExcitation::to_onnx(self, graph, x, shape))
+    }
     fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
         let [_, hidden] = self.reduce.weight.lazy_shape().dims();
         // Average pool, two fully connected layers, per-channel rescale.
@@ -88,6 +116,14 @@ impl AttentionUnit for EfficientChannelAttention {
     }
     fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         Ok(self.forward(x))
+    }
+    fn to_onnx(
+        &self,
+        graph: &mut OnnxGraph,
+        x: &str,
+        shape: [usize; 3],
+    ) -> Result<String, OnnxError> {
+        Ok(EfficientChannelAttention::to_onnx(self, graph, x, shape))
     }
     fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
         let [_, _, kernel] = self.channel_conv.weight.lazy_shape().dims();
@@ -107,6 +143,14 @@ impl AttentionUnit for Cbam {
     }
     fn attention_map(&self, x: Tensor<4>) -> Option<Tensor<4>> {
         Some(Cbam::attention_map(self, x))
+    }
+    fn to_onnx(
+        &self,
+        graph: &mut OnnxGraph,
+        x: &str,
+        shape: [usize; 3],
+    ) -> Result<String, OnnxError> {
+        Cbam::to_onnx(self, graph, x, shape)
     }
     fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
         let pixels = height * width;
@@ -128,6 +172,14 @@ impl AttentionUnit for StyleRecalibration {
     fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         Ok(self.forward(x))
     }
+    fn to_onnx(
+        &self,
+        graph: &mut OnnxGraph,
+        x: &str,
+        shape: [usize; 3],
+    ) -> Result<String, OnnxError> {
+        Ok(StyleRecalibration::to_onnx(self, graph, x, shape))
+    }
     fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
         // Mean, standard deviation (two passes), channel-wise FC, rescale.
         (4 * channels * height * width + 2 * channels) as u64
@@ -140,6 +192,14 @@ impl AttentionUnit for GatedChannelTransformation {
     }
     fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         Ok(self.forward(x))
+    }
+    fn to_onnx(
+        &self,
+        graph: &mut OnnxGraph,
+        x: &str,
+        shape: [usize; 3],
+    ) -> Result<String, OnnxError> {
+        Ok(GatedChannelTransformation::to_onnx(self, graph, x, shape))
     }
     fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
         // Sum of squares, channel normalisation, gating, rescale.
@@ -156,6 +216,14 @@ impl AttentionUnit for SimAm {
     }
     fn attention_map(&self, x: Tensor<4>) -> Option<Tensor<4>> {
         Some(SimAm::attention_map(self, x))
+    }
+    fn to_onnx(
+        &self,
+        graph: &mut OnnxGraph,
+        x: &str,
+        shape: [usize; 3],
+    ) -> Result<String, OnnxError> {
+        Ok(SimAm::to_onnx(self, graph, x, shape))
     }
     fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
         // Mean, squared deviation, its sum, the energy, rescale.
@@ -178,6 +246,14 @@ impl AttentionUnit for Ppcr {
     }
     fn fixed_input_size(&self) -> Option<[usize; 2]> {
         (!self.resize_to_input).then(|| self.spatial_size())
+    }
+    fn to_onnx(
+        &self,
+        graph: &mut OnnxGraph,
+        x: &str,
+        shape: [usize; 3],
+    ) -> Result<String, OnnxError> {
+        Ppcr::to_onnx(self, graph, x, shape)
     }
     fn macs(&self, [channels, height, width]: [usize; 3]) -> u64 {
         let pixels = height * width;
@@ -253,6 +329,18 @@ macro_rules! attention_units {
             pub fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
                 match self {
                     $(Attention::$variant(unit) => unit.try_forward(x),)*
+                }
+            }
+
+            /// The unit as ONNX operators from `x` (see [`AttentionUnit::to_onnx`]).
+            pub fn to_onnx(
+                &self,
+                graph: &mut OnnxGraph,
+                x: &str,
+                shape: [usize; 3],
+            ) -> Result<String, OnnxError> {
+                match self {
+                    $(Attention::$variant(unit) => AttentionUnit::to_onnx(unit, graph, x, shape),)*
                 }
             }
 

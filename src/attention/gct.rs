@@ -12,6 +12,7 @@ use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
 use super::channel_ops::{ChannelOps, PlaneStatistic};
+use crate::onnx::OnnxGraph;
 
 /// Configuration of a [`GatedChannelTransformation`] unit.
 #[derive(Config, Debug)]
@@ -83,6 +84,34 @@ impl GatedChannelTransformation {
             .tanh()
             .add_scalar(1.0);
         ops.scale(x, gate)
+    }
+}
+
+impl GatedChannelTransformation {
+    /// The unit as ONNX operators from `x` (`[N, C, H, W]`): the l2 embedding, the channel
+    /// normalisation and the `1 + tanh` gate.
+    pub fn to_onnx(&self, graph: &mut OnnxGraph, x: &str, [channels, _, _]: [usize; 3]) -> String {
+        let shape = [1, channels, 1, 1];
+        let squared = graph.binary("Mul", x, x);
+        let sum = graph.reduce_sum(&squared, &[2, 3]);
+        let epsilon = graph.scalar("epsilon", self.epsilon as f32);
+        let sum = graph.binary("Add", &sum, &epsilon);
+        let norm = graph.unary("Sqrt", &sum);
+        let alpha = graph.tensor("gct_alpha", self.alpha.val(), &shape);
+        let embedding = graph.binary("Mul", &norm, &alpha);
+        let squared = graph.binary("Mul", &embedding, &embedding);
+        let mean = graph.reduce("ReduceMean", &squared, &[1]);
+        let mean = graph.binary("Add", &mean, &epsilon);
+        let root = graph.unary("Sqrt", &mean);
+        let gamma = graph.tensor("gct_gamma", self.gamma.val(), &shape);
+        let normaliser = graph.binary("Div", &gamma, &root);
+        let scaled = graph.binary("Mul", &embedding, &normaliser);
+        let beta = graph.tensor("gct_beta", self.beta.val(), &shape);
+        let shifted = graph.binary("Add", &scaled, &beta);
+        let gate = graph.unary("Tanh", &shifted);
+        let one = graph.scalar("one", 1.0);
+        let gate = graph.binary("Add", &gate, &one);
+        graph.binary("Mul", x, &gate)
     }
 }
 

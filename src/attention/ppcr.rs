@@ -60,6 +60,7 @@ pub struct Ppcr {
 
 use crate::kernels::pyramid::group_start;
 pub use crate::kernels::pyramid::pyramid_maps;
+use crate::onnx::{OnnxError, OnnxGraph};
 
 impl PpcrConfig {
     /// Build the unit. Fails when a pyramid level would have an empty channel group
@@ -373,6 +374,64 @@ pub fn pixel_normalize(pyramid: Tensor<3>, epsilon: f64) -> Tensor<3> {
     let centered = pyramid - mean;
     let variance = centered.clone().square().mean_dim(1);
     centered / variance.add_scalar(epsilon).sqrt()
+}
+
+impl Ppcr {
+    /// The unit as ONNX operators from `x` (`[N, C, H, W]` at the unit's own spatial size), in
+    /// the literal formulation of the paper: the `K` pyramid maps as one `MatMul` of a `[K, C]`
+    /// group-averaging matrix with the flattened map, pixel normalisation across them
+    /// (`ReduceMean`, eps under the root), the per-pixel integration and the sigmoid gate.
+    pub fn to_onnx(
+        &self,
+        graph: &mut OnnxGraph,
+        x: &str,
+        [channels, height, width]: [usize; 3],
+    ) -> Result<String, OnnxError> {
+        if [height, width] != self.spatial_size() {
+            let [h, w] = self.spatial_size();
+            return Err(OnnxError::Unsupported(format!(
+                "ppcr built for {h}x{w} maps at {height}x{width} (resampled weights)"
+            )));
+        }
+        let maps = pyramid_maps(self.levels);
+        let mut averaging = vec![0.0f32; maps * channels];
+        let mut map = 0;
+        for level in 0..self.levels {
+            let groups = 1usize << level;
+            for group in 0..groups {
+                let (first, end) = (
+                    group_start(channels, groups, group),
+                    group_start(channels, groups, group + 1),
+                );
+                for channel in first..end {
+                    averaging[map * channels + channel] = 1.0 / (end - first) as f32;
+                }
+                map += 1;
+            }
+        }
+        let pixels = height * width;
+        let flat = graph.reshape(x, &[0, channels as i64, pixels as i64]);
+        let averaging = graph.constant("ppcr_pyramid", &averaging, &[maps, channels]);
+        let pyramid = graph.node("MatMul", &[&averaging, &flat], vec![]);
+        let mean = graph.reduce("ReduceMean", &pyramid, &[1]);
+        let centred = graph.binary("Sub", &pyramid, &mean);
+        let squared = graph.binary("Mul", &centred, &centred);
+        let variance = graph.reduce("ReduceMean", &squared, &[1]);
+        let epsilon = graph.scalar("epsilon", self.epsilon as f32);
+        let variance = graph.binary("Add", &variance, &epsilon);
+        let root = graph.unary("Sqrt", &variance);
+        let normalized = graph.binary("Div", &centred, &root);
+        let weights = graph.tensor(
+            "ppcr_weights",
+            self.pixel_context_weights.val(),
+            &[maps, pixels],
+        );
+        let weighted = graph.binary("Mul", &normalized, &weights);
+        let logits = graph.reduce_sum(&weighted, &[1]);
+        let attention = graph.unary("Sigmoid", &logits);
+        let attention = graph.reshape(&attention, &[0, 1, height as i64, width as i64]);
+        Ok(graph.binary("Mul", x, &attention))
+    }
 }
 
 #[cfg(test)]
@@ -775,5 +834,17 @@ mod tests {
         ppcr.pixel_context_weights =
             Param::from_tensor(random_tensor3([15, 3, 3], 21, &device)).set_require_grad(true);
         assert_gradients_match(ppcr, [2, 12, 3, 3], |unit, x| unit.forward(x));
+    }
+
+    #[test]
+    fn onnx_export_is_refused_by_name_at_another_map_size() {
+        let ppcr = PpcrConfig::new(16, [8, 8]).init(&device()).unwrap();
+        let mut graph = OnnxGraph::new();
+        let error = ppcr.to_onnx(&mut graph, "x", [16, 4, 4]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "ppcr built for 8x8 maps at 4x4 (resampled weights) cannot be exported to ONNX"
+        );
+        assert!(ppcr.to_onnx(&mut graph, "x", [16, 8, 8]).is_ok());
     }
 }

@@ -10,6 +10,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, activation};
 
 use super::channel_ops::{ChannelOps, PlaneStatistic};
+use crate::onnx::OnnxGraph;
 
 /// Configuration of a [`SqueezeExcitation`] unit.
 #[derive(Config, Debug)]
@@ -62,6 +63,26 @@ impl SqueezeExcitation {
         let hidden = activation::relu(self.reduce.forward(squeezed));
         let excitation = activation::sigmoid(self.expand.forward(hidden));
         ops.scale(x, excitation)
+    }
+}
+
+impl SqueezeExcitation {
+    /// The unit as ONNX operators from `x` (`[N, C, H, W]`): pool, the two layers, scale.
+    pub fn to_onnx(&self, graph: &mut OnnxGraph, x: &str, [channels, _, _]: [usize; 3]) -> String {
+        let squeezed = graph.global_pool("GlobalAveragePool", x);
+        let hidden = graph.linear(
+            &squeezed,
+            self.reduce.weight.val(),
+            self.reduce.bias.as_ref().map(|b| b.val()),
+        );
+        let hidden = graph.unary("Relu", &hidden);
+        let excitation = graph.linear(
+            &hidden,
+            self.expand.weight.val(),
+            self.expand.bias.as_ref().map(|b| b.val()),
+        );
+        let excitation = graph.unary("Sigmoid", &excitation);
+        graph.scale_channels(x, &excitation, channels)
     }
 }
 

@@ -10,6 +10,7 @@ use burn::module::Module;
 use burn::tensor::{Tensor, activation};
 
 use crate::kernels::cpu::simam as simam_fused;
+use crate::onnx::OnnxGraph;
 
 /// Configuration of a [`SimAm`] unit.
 #[derive(Config, Debug)]
@@ -71,6 +72,34 @@ impl SimAm {
     /// The neuron weights averaged over channels, `[B, 1, H, W]`, for analysis.
     pub fn attention_map(&self, x: Tensor<4>) -> Tensor<4> {
         self.neuron_weights(x).mean_dim(1)
+    }
+}
+
+impl SimAm {
+    /// The unit as ONNX operators from `x` (`[N, C, H, W]`): the inverse energy of every
+    /// neuron against its plane, and its sigmoid as the weight.
+    pub fn to_onnx(
+        &self,
+        graph: &mut OnnxGraph,
+        x: &str,
+        [_, height, width]: [usize; 3],
+    ) -> String {
+        let neighbours = (height * width).saturating_sub(1).max(1) as f32;
+        let mean = graph.reduce("ReduceMean", x, &[2, 3]);
+        let centred = graph.binary("Sub", x, &mean);
+        let squared = graph.binary("Mul", &centred, &centred);
+        let sum = graph.reduce_sum(&squared, &[2, 3]);
+        let neighbours = graph.scalar("neighbours", neighbours);
+        let variance = graph.binary("Div", &sum, &neighbours);
+        let lambda = graph.scalar("lambda", self.lambda as f32);
+        let variance = graph.binary("Add", &variance, &lambda);
+        let four = graph.scalar("four", 4.0);
+        let denominator = graph.binary("Mul", &variance, &four);
+        let energy = graph.binary("Div", &squared, &denominator);
+        let half = graph.scalar("half", 0.5);
+        let energy = graph.binary("Add", &energy, &half);
+        let weight = graph.unary("Sigmoid", &energy);
+        graph.binary("Mul", x, &weight)
     }
 }
 

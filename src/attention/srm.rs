@@ -11,6 +11,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer};
 use burn::tensor::{Device, Tensor, activation};
 
 use super::channel_ops::{ChannelOps, PlaneStatistic};
+use crate::onnx::OnnxGraph;
 
 /// Configuration of a [`StyleRecalibration`] unit.
 #[derive(Config, Debug)]
@@ -76,6 +77,48 @@ impl StyleRecalibration {
         let style = mean * mean_weight + std * std_weight;
         let gate = activation::sigmoid(self.norm.forward(style.reshape([batch, channels, 1, 1])));
         ops.scale(x, gate.reshape([batch, channels]))
+    }
+}
+
+impl StyleRecalibration {
+    /// The unit as ONNX operators from `x` (`[N, C, H, W]`): plane mean and standard deviation
+    /// (unbiased, as in [`StyleRecalibration::forward`]), the channel-wise integration, the
+    /// BatchNorm in inference form, the gate.
+    pub fn to_onnx(
+        &self,
+        graph: &mut OnnxGraph,
+        x: &str,
+        [channels, height, width]: [usize; 3],
+    ) -> String {
+        let mean = graph.reduce("ReduceMean", x, &[2, 3]);
+        let centred = graph.binary("Sub", x, &mean);
+        let squared = graph.binary("Mul", &centred, &centred);
+        let sum = graph.reduce_sum(&squared, &[2, 3]);
+        let divisor = PlaneStatistic::variance_divisor(1, height * width) as f32;
+        let divisor = graph.scalar("divisor", divisor);
+        let variance = graph.binary("Div", &sum, &divisor);
+        let epsilon = graph.scalar("epsilon", self.epsilon as f32);
+        let variance = graph.binary("Add", &variance, &epsilon);
+        let std = graph.unary("Sqrt", &variance);
+        let weights = crate::onnx::tensor_values(self.style_integration.val().into_data());
+        let (norm_scale, norm_shift) = crate::onnx::batch_norm_affine(&self.norm);
+        // BatchNorm(mean * w_mean + std * w_std) = mean * (w_mean s) + std * (w_std s) + shift.
+        let mean_weight: Vec<f32> = (0..channels)
+            .map(|c| weights[2 * c] * norm_scale[c])
+            .collect();
+        let std_weight: Vec<f32> = (0..channels)
+            .map(|c| weights[2 * c + 1] * norm_scale[c])
+            .collect();
+        let shape = [1, channels, 1, 1];
+        let mean_weight = graph.constant("srm_mean_weight", &mean_weight, &shape);
+        let std_weight = graph.constant("srm_std_weight", &std_weight, &shape);
+        let shift = graph.constant("srm_shift", &norm_shift, &shape);
+        let from_mean = graph.binary("Mul", &mean, &mean_weight);
+        let from_std = graph.binary("Mul", &std, &std_weight);
+        let style = graph.binary("Add", &from_mean, &from_std);
+        let style = graph.binary("Add", &style, &shift);
+        let gate = graph.unary("Sigmoid", &style);
+        graph.binary("Mul", x, &gate)
     }
 }
 

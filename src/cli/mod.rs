@@ -12,6 +12,7 @@ mod data_options;
 mod device;
 mod eval;
 mod explain;
+mod export;
 mod import;
 mod models;
 mod panic_hook;
@@ -48,6 +49,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Grad-CAM and attention-map figures for image files, with explain.json.
     Explain(explain::ExplainArgs),
+    /// A trained run as an ONNX model or as safetensors weights.
+    Export(export::ExportArgs),
     /// A torchvision ImageNet checkpoint (resnet18/34/50) as a run folder to predict with or
     /// fine-tune from.
     Import(import::ImportArgs),
@@ -71,6 +74,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Predict(args) => predict::run(&args),
         Command::Explain(args) => explain::run(&args),
+        Command::Export(args) => export::run(&args),
         Command::Import(args) => import::run(&args),
         Command::Models(args) => models::run(&args),
         Command::Bench(args) => bench::run(&args),

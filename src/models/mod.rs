@@ -4,6 +4,7 @@
 mod backbone;
 mod blocks;
 pub mod layers;
+mod onnx;
 pub mod pretrained;
 mod resnet;
 

@@ -37,7 +37,7 @@ pub(crate) use checkpoint::{load_model_bytes, load_optimizer_bytes};
 pub use compare_summary::{CompareSummary, MetricStats, PairedComparison, UnitSummary};
 pub use epoch_log::{EpochRecord, LogFormat, read_log, write_log};
 pub use error::RunFileError;
-pub(crate) use error::{parse_json, read_json};
+pub(crate) use error::{parse_json, read_json, write_file};
 pub(crate) use pause::pause_point;
 pub use pause::{PAUSE_AT_VAR, PAUSE_MARKER_VAR};
 pub use run_dir::RunDir;
