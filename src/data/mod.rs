@@ -18,6 +18,7 @@ mod error;
 mod files;
 mod folder;
 mod image_io;
+mod isic;
 mod npz;
 pub mod split;
 
@@ -77,6 +78,9 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Dataset, DataError> {
     if metadata.is_dir() {
         if let Some(cifar_dir) = cifar::find_cifar_dir(path) {
             return cifar::load_cifar(&cifar_dir, options);
+        }
+        if isic::is_isic_root(path) {
+            return isic::load_isic(path, options);
         }
         return folder::load_image_folder(path, options)
             .map_err(|error| explain_folder_without_subfolders(path, error));
