@@ -660,3 +660,50 @@ fn damaged_or_missing_checkpoint_files_and_bad_names_get_messages_that_say_so() 
         &["unknown selection metric 'foo'", "valid:", "loss"],
     );
 }
+
+#[test]
+fn the_paper_recipe_sets_the_authors_settings_and_flags_and_config_keys_win() {
+    let folder = tempfile::tempdir().unwrap();
+    let data = fixtures().join("isic2018_mini");
+    let settings = folder.path().join("settings.toml");
+    std::fs::write(&settings, "weight_decay = 0.0002\n").unwrap();
+    let run = folder.path().join("run");
+    let output = ppcr([
+        "train",
+        "--recipe",
+        "paper",
+        "--config",
+        settings.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--size",
+        "72",
+        "--epochs",
+        "1",
+        "--batch",
+        "7",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    let config = ppcr::train::TrainConfig::from_toml(
+        &std::fs::read_to_string(run.join("config.toml")).unwrap(),
+    )
+    .unwrap();
+    // From the recipe.
+    assert_eq!(config.backbone, ppcr::models::Backbone::ResNet18);
+    assert_eq!((config.lr, config.momentum), (0.0025, 0.9));
+    let augment = config.augment.unwrap();
+    assert_eq!(augment.rotation_degrees, 45.0);
+    assert_eq!(augment.gaussian_blur.unwrap().probability, 0.5);
+    assert_eq!(augment.color_jitter.unwrap().hue, 0.4);
+    // From the config file and the flags.
+    assert_eq!(config.weight_decay, 0.0002);
+    assert_eq!(
+        (config.size, config.epochs, config.batch_size),
+        (Some(72), 1, 7)
+    );
+
+    let output = ppcr(["train", "--recipe", "papers", "--epochs", "1"]);
+    assert_clean_failure(&output, &["papers", "default", "paper"]);
+}

@@ -12,7 +12,7 @@ use super::progress::ConsoleProgress;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
 use ppcr::runfiles::{LogFormat, SelectionMetric};
-use ppcr::train::{LrSchedule, TrainConfig, train_on};
+use ppcr::train::{LrSchedule, TrainConfig, recipe, train_on};
 
 /// Options of `ppcr train`. Every option can also come from the TOML file; flags win.
 #[derive(Args, Debug)]
@@ -39,9 +39,17 @@ pub struct TrainArgs {
 /// The training settings `ppcr train` and `ppcr compare` share.
 #[derive(Args, Debug)]
 pub struct TrainSettings {
-    /// TOML file with any of the settings below (keys as in the run's config.toml).
+    /// TOML file with any of the settings below (keys as in the run's config.toml); its keys
+    /// change the --recipe's (or the default) settings, and flags change both.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// A named configuration to start from: default (PPCR ResNet-20, 40 epochs, SGD lr 0.05,
+    /// cosine) or paper (the PPCR authors' ISIC 2018 recipe: PPCR ResNet-18 at 224 px, 150
+    /// epochs, SGD lr 0.0025 x0.2 every 25 epochs, momentum 0.9, weight decay 1e-4, batch 32,
+    /// random resized crop 0.2-1, colour jitter 0.4 p 0.8, rotation 45, Gaussian blur p 0.5,
+    /// flip, ImageNet mean/std).
+    #[arg(long, value_parser = ["default", "paper"])]
+    recipe: Option<String>,
     #[command(flatten)]
     data: DataArgs,
     /// Backbone: resnet20/32/44/56/110/164 (CIFAR-style), resnet18/34/50 [default: resnet20].
@@ -111,6 +119,15 @@ impl TrainSettings {
     }
 }
 
+/// `base` with the keys of the TOML document `text` replacing its own (unknown keys are
+/// errors).
+fn over(base: &TrainConfig, text: &str) -> Result<TrainConfig, toml::de::Error> {
+    let mut table: toml::Table = toml::from_str(&base.to_toml())?;
+    let given: toml::Table = toml::from_str(text)?;
+    table.extend(given);
+    TrainConfig::from_toml(&toml::to_string(&table).expect("a table serialises"))
+}
+
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> anyhow::Result<T> {
     serde_json::from_value(serde_json::Value::String(value.to_string())).map_err(|error| {
         // serde names the accepted spellings: "unknown variant `x`, expected one of `a`, `b`".
@@ -130,20 +147,24 @@ pub fn resolve_config(
     resume: bool,
     out: &Option<PathBuf>,
 ) -> anyhow::Result<TrainConfig> {
+    let base = match &args.recipe {
+        Some(name) => recipe(name).ok_or_else(|| anyhow::anyhow!("unknown recipe '{name}'"))?,
+        None => TrainConfig::default(),
+    };
     let mut config = match (&args.config, resume, out) {
         (Some(path), _, _) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("{}: cannot read the config file", path.display()))?;
-            TrainConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            over(&base, &text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         // Resuming without a config file continues with the run's own settings.
-        (None, true, Some(out)) if out.join("config.toml").is_file() => {
+        (None, true, Some(out)) if args.recipe.is_none() && out.join("config.toml").is_file() => {
             let path = out.join("config.toml");
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("{}: cannot read", path.display()))?;
             TrainConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
-        _ => TrainConfig::default(),
+        _ => base,
     };
     args.data.apply(&mut config);
     if let Some(backbone) = args.backbone {

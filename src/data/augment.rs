@@ -50,9 +50,12 @@ impl Default for RandomResizedCrop {
     }
 }
 
-/// Random brightness, contrast and saturation changes; each factor is drawn uniformly from
-/// `[max(0, 1 - amount), 1 + amount]` and an amount of 0 leaves that property alone.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Random brightness, contrast, saturation and hue changes, as torchvision's `ColorJitter`
+/// (applied in that fixed order; torchvision shuffles it): each factor is drawn uniformly from
+/// `[max(0, 1 - amount), 1 + amount]`, the hue shift from `[-hue, hue]` of a full turn, and an
+/// amount of 0 leaves that property alone. The whole jitter happens with `probability`
+/// (torchvision's `RandomApply`; 1 = always, which draws no extra number).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ColorJitter {
     /// Scales pixel values.
@@ -61,6 +64,36 @@ pub struct ColorJitter {
     pub contrast: f32,
     /// Blends with the per-pixel grey value (RGB images only).
     pub saturation: f32,
+    /// Rotates the hue by up to this fraction of a turn, 0..=0.5 (RGB images only).
+    pub hue: f32,
+    /// Probability of jittering an image at all.
+    pub probability: f32,
+}
+
+impl Default for ColorJitter {
+    /// No change (every amount 0), applied always.
+    fn default() -> Self {
+        ColorJitter {
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+            hue: 0.0,
+            probability: 1.0,
+        }
+    }
+}
+
+/// Gaussian blur with a standard deviation drawn uniformly from `sigma` (in pixels), applied
+/// with `probability`: SimCLR's blur, which the PPCR authors' ISIC recipe uses (their code
+/// calls PIL's `GaussianBlur(radius=sigma)`, a box-filter approximation; this is the exact
+/// separable Gaussian, truncated at 3 sigma, edges replicated).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GaussianBlur {
+    /// Range of the standard deviation, pixels.
+    pub sigma: [f32; 2],
+    /// Probability of blurring an image.
+    pub probability: f32,
 }
 
 /// Which augmentations are on, with their parameters. The default turns everything off.
@@ -81,6 +114,8 @@ pub struct AugmentConfig {
     pub rotation_degrees: f32,
     /// Colour jitter.
     pub color_jitter: Option<ColorJitter>,
+    /// Gaussian blur.
+    pub gaussian_blur: Option<GaussianBlur>,
 }
 
 impl AugmentConfig {
@@ -131,9 +166,15 @@ impl AugmentConfig {
             && self.horizontal_flip <= 0.0
             && self.vertical_flip <= 0.0
             && self.rotation_degrees == 0.0
+            && self.color_jitter.is_none_or(|jitter| {
+                ColorJitter {
+                    probability: 1.0,
+                    ..jitter
+                } == ColorJitter::default()
+            })
             && self
-                .color_jitter
-                .is_none_or(|jitter| jitter == ColorJitter::default())
+                .gaussian_blur
+                .is_none_or(|blur| blur.probability <= 0.0 || blur.sigma[1] <= 0.0)
     }
 
     /// Checks every parameter is in range (e.g. after reading a configuration file).
@@ -182,12 +223,36 @@ impl AugmentConfig {
                     return invalid(format!("color_jitter {name} {amount} must be in [0, 10]"));
                 }
             }
+            if !(0.0..=0.5).contains(&jitter.hue) {
+                return invalid(format!(
+                    "color_jitter hue {} must be in [0, 0.5]",
+                    jitter.hue
+                ));
+            }
+            if !(0.0..=1.0).contains(&jitter.probability) {
+                return invalid(format!(
+                    "color_jitter probability {} must be in [0, 1]",
+                    jitter.probability
+                ));
+            }
+        }
+        if let Some(GaussianBlur { sigma, probability }) = self.gaussian_blur {
+            if !(sigma[0] >= 0.0 && sigma[0] <= sigma[1] && sigma[1] <= 50.0) {
+                return invalid(format!(
+                    "gaussian_blur sigma {sigma:?} must satisfy 0 <= min <= max <= 50"
+                ));
+            }
+            if !(0.0..=1.0).contains(&probability) {
+                return invalid(format!(
+                    "gaussian_blur probability {probability} must be in [0, 1]"
+                ));
+            }
         }
         Ok(())
     }
 
-    /// Augments one image: resized crop, padded crop, flips, rotation, colour jitter, each
-    /// where enabled, drawing from `rng` only for enabled operations.
+    /// Augments one image: resized crop, padded crop, flips, rotation, colour jitter, blur,
+    /// each where enabled, drawing from `rng` only for enabled operations.
     ///
     /// Parameters are assumed valid ([`AugmentConfig::validate`]).
     ///
@@ -216,8 +281,17 @@ impl AugmentConfig {
             let degrees = rng.random_range(-self.rotation_degrees..=self.rotation_degrees);
             pixels = rotate(&pixels, shape, degrees);
         }
-        if let Some(jitter) = self.color_jitter {
+        if let Some(jitter) = self.color_jitter
+            && (jitter.probability >= 1.0 || rng.random::<f32>() < jitter.probability)
+        {
             color_jitter(&mut pixels, shape, jitter, rng);
+        }
+        if let Some(blur) = self.gaussian_blur
+            && blur.probability > 0.0
+            && rng.random::<f32>() < blur.probability
+        {
+            let sigma = rng.random_range(blur.sigma[0]..=blur.sigma[1]);
+            pixels = gaussian_blur(&pixels, shape, sigma);
         }
         pixels
     }
@@ -462,6 +536,89 @@ fn color_jitter(image: &mut [u8], shape: ImageShape, jitter: ColorJitter, rng: &
     if jitter.saturation > 0.0 && shape.channels == 3 {
         adjust_saturation(image, shape, factor(jitter.saturation));
     }
+    if jitter.hue > 0.0 && shape.channels == 3 {
+        let shift = rng.random_range(-jitter.hue..=jitter.hue);
+        adjust_hue(image, shift);
+    }
+}
+
+/// Rotates the hue of every RGB pixel by `shift` of a full turn (HSV, as torchvision's
+/// `adjust_hue`).
+pub fn adjust_hue(image: &mut [u8], shift: f32) {
+    for rgb in image.chunks_exact_mut(3) {
+        let [r, g, b] = [rgb[0], rgb[1], rgb[2]].map(|v| f32::from(v) / 255.0);
+        let max = r.max(g).max(b);
+        let min = r.min(g).min(b);
+        let delta = max - min;
+        if delta <= 0.0 {
+            continue; // grey: no hue to turn
+        }
+        let hue = if max == r {
+            ((g - b) / delta).rem_euclid(6.0)
+        } else if max == g {
+            (b - r) / delta + 2.0
+        } else {
+            (r - g) / delta + 4.0
+        } / 6.0;
+        let hue = (hue + shift).rem_euclid(1.0) * 6.0;
+        let (value, chroma) = (max, delta);
+        let x = chroma * (1.0 - ((hue % 2.0) - 1.0).abs());
+        let (r, g, b) = match hue as u32 {
+            0 => (chroma, x, 0.0),
+            1 => (x, chroma, 0.0),
+            2 => (0.0, chroma, x),
+            3 => (0.0, x, chroma),
+            4 => (x, 0.0, chroma),
+            _ => (chroma, 0.0, x),
+        };
+        let offset = value - chroma;
+        for (out, v) in rgb.iter_mut().zip([r, g, b]) {
+            *out = to_u8((v + offset) * 255.0);
+        }
+    }
+}
+
+/// The image blurred by a Gaussian of standard deviation `sigma` pixels (separable, truncated
+/// at 3 sigma, edges replicated); `sigma` near 0 returns it unchanged.
+pub fn gaussian_blur(image: &[u8], shape: ImageShape, sigma: f32) -> Vec<u8> {
+    if sigma < 1e-3 {
+        return image.to_vec();
+    }
+    let radius = (3.0 * sigma).ceil() as isize;
+    let weights: Vec<f32> = (-radius..=radius)
+        .map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = weights.iter().sum();
+    let weights: Vec<f32> = weights.iter().map(|w| w / total).collect();
+    let ImageShape {
+        height,
+        width,
+        channels,
+    } = shape;
+    let pass = |input: &[f32], horizontal: bool| -> Vec<f32> {
+        let mut output = vec![0.0f32; input.len()];
+        for y in 0..height {
+            for x in 0..width {
+                for c in 0..channels {
+                    let mut sum = 0.0;
+                    for (k, w) in weights.iter().enumerate() {
+                        let d = k as isize - radius;
+                        let (sy, sx) = if horizontal {
+                            (y as isize, (x as isize + d).clamp(0, width as isize - 1))
+                        } else {
+                            ((y as isize + d).clamp(0, height as isize - 1), x as isize)
+                        };
+                        sum += w * input[(sy as usize * width + sx as usize) * channels + c];
+                    }
+                    output[(y * width + x) * channels + c] = sum;
+                }
+            }
+        }
+        output
+    };
+    let values: Vec<f32> = image.iter().map(|&v| f32::from(v)).collect();
+    let blurred = pass(&pass(&values, true), false);
+    blurred.into_iter().map(to_u8).collect()
 }
 
 #[cfg(test)]
@@ -492,6 +649,12 @@ mod tests {
                 brightness: 0.3,
                 contrast: 0.3,
                 saturation: 0.3,
+                hue: 0.1,
+                probability: 0.8,
+            }),
+            gaussian_blur: Some(GaussianBlur {
+                sigma: [0.1, 2.0],
+                probability: 0.5,
             }),
         }
     }
@@ -679,5 +842,76 @@ mod tests {
             let out = random_resized_crop(&image, shape, RandomResizedCrop::default(), &mut rng);
             assert_eq!(out, image);
         }
+    }
+
+    #[test]
+    fn hue_turns_red_to_green_and_cyan_and_leaves_grey() {
+        let mut image = vec![255, 0, 0, 90, 90, 90];
+        adjust_hue(&mut image, 1.0 / 3.0);
+        assert_eq!(image, [0, 255, 0, 90, 90, 90]);
+        let mut image = vec![255, 0, 0];
+        adjust_hue(&mut image, 0.5);
+        assert_eq!(image, [0, 255, 255]);
+        let mut image = vec![255, 0, 0];
+        adjust_hue(&mut image, -1.0 / 6.0);
+        assert_eq!(image, [255, 0, 255]);
+    }
+
+    #[test]
+    fn gaussian_blur_spreads_a_point_by_the_hand_computed_kernel() {
+        // sigma 1: weights exp(-d^2 / 2) for d = -3..3 sum to 2.50665; the centre weight is
+        // 0.398943 and its neighbour's 0.241971, so a 255 point becomes 255 * 0.398943^2 =
+        // 40.58 at the centre and 255 * 0.398943 * 0.241971 = 24.62 beside it.
+        let shape = ImageShape::new(9, 9, 1);
+        let mut image = vec![0u8; 81];
+        image[4 * 9 + 4] = 255;
+        let blurred = gaussian_blur(&image, shape, 1.0);
+        assert_eq!(blurred[4 * 9 + 4], 41);
+        assert_eq!(blurred[4 * 9 + 5], 25);
+        assert_eq!(blurred[3 * 9 + 4], 25);
+        assert_eq!(blurred[0], 0);
+        let constant = vec![77u8; 81];
+        assert_eq!(gaussian_blur(&constant, shape, 1.7), constant);
+        assert_eq!(gaussian_blur(&image, shape, 0.0), image);
+    }
+
+    #[test]
+    fn jitter_and_blur_happen_with_their_probability() {
+        let (image, shape) = test_image();
+        let jitter_only = |probability| AugmentConfig {
+            color_jitter: Some(ColorJitter {
+                brightness: 0.5,
+                probability,
+                ..ColorJitter::default()
+            }),
+            ..AugmentConfig::none()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..20 {
+            assert_eq!(jitter_only(0.0).apply(&image, shape, &mut rng), image);
+        }
+        let blur_only = |probability| AugmentConfig {
+            gaussian_blur: Some(GaussianBlur {
+                sigma: [1.0, 2.0],
+                probability,
+            }),
+            ..AugmentConfig::none()
+        };
+        let changed = (0..200)
+            .filter(|_| blur_only(0.5).apply(&image, shape, &mut rng) != image)
+            .count();
+        assert!(
+            (70..=130).contains(&changed),
+            "{changed} of 200 blurred at p 0.5"
+        );
+        assert!(blur_only(0.0).is_identity() && !blur_only(0.5).is_identity());
+        let bad = AugmentConfig {
+            color_jitter: Some(ColorJitter {
+                hue: 0.7,
+                ..ColorJitter::default()
+            }),
+            ..AugmentConfig::none()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("hue 0.7"));
     }
 }

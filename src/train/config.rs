@@ -283,6 +283,14 @@ fn schedule_problems(schedule: &LrSchedule, epochs: usize, lr: f64) -> Vec<Strin
                 ));
             }
         }
+        LrSchedule::Periodic { period, gamma } => {
+            if *period == 0 {
+                problems.push("the schedule's period must be at least 1 epoch".into());
+            }
+            if !(gamma.is_finite() && *gamma > 0.0) {
+                problems.push(format!("gamma must be a positive number, got {gamma}"));
+            }
+        }
         LrSchedule::Step { milestones, gamma } => {
             for &milestone in milestones {
                 if milestone == 0 || milestone >= epochs {

@@ -10,6 +10,7 @@ mod import;
 mod observer;
 mod param_groups;
 mod prefetch;
+mod recipe;
 mod schedule;
 mod trainer;
 
@@ -17,6 +18,7 @@ pub use config::TrainConfig;
 pub use evaluate::{SplitEvaluation, evaluate_split, load_trained_model, predict_probabilities};
 pub use import::{IMAGENET_INPUT_SIZE, ImportOutcome, import_torchvision};
 pub use observer::{NoObserver, StepProgress, TrainObserver};
+pub use recipe::{RECIPES, recipe};
 pub use schedule::LrSchedule;
 pub use trainer::{TrainOutcome, saved_settings_differences, train, train_on};
 

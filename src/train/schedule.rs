@@ -26,6 +26,15 @@ pub enum LrSchedule {
         #[serde(default = "default_gamma")]
         gamma: f64,
     },
+    /// Multiply by `gamma` every `period` epochs (after epochs `period`, `2 period`, ...),
+    /// whatever the run's length: "decreased by a factor of 5 per 25 epochs".
+    Periodic {
+        /// Epochs between drops.
+        period: usize,
+        /// Factor applied at each drop.
+        #[serde(default = "default_gamma")]
+        gamma: f64,
+    },
     /// The same rate throughout.
     Constant,
 }
@@ -64,6 +73,10 @@ impl LrSchedule {
                 let drops = milestones.iter().filter(|&&m| epoch >= m).count();
                 base_lr * gamma.powi(drops as i32)
             }
+            LrSchedule::Periodic { period, gamma } => {
+                let epoch = step / steps_per_epoch.max(1);
+                base_lr * gamma.powi((epoch / (*period).max(1)) as i32)
+            }
             LrSchedule::Cosine {
                 warmup_epochs,
                 min_lr,
@@ -84,6 +97,18 @@ impl LrSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periodic_drops_by_gamma_every_period() {
+        let schedule = LrSchedule::Periodic {
+            period: 25,
+            gamma: 0.2,
+        };
+        // 4 steps per epoch: epoch 24 is steps 96..100, epoch 25 starts at step 100.
+        assert_eq!(schedule.lr_at(0.0025, 99, 4, 600), 0.0025);
+        assert!((schedule.lr_at(0.0025, 100, 4, 600) - 0.0005).abs() < 1e-15);
+        assert!((schedule.lr_at(0.0025, 4 * 149, 4, 600) - 0.0025 * 0.2f64.powi(5)).abs() < 1e-15);
+    }
 
     #[test]
     fn cosine_warms_up_linearly_then_decays_to_the_minimum() {
