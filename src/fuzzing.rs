@@ -208,6 +208,7 @@ mod tests {
             seconds: 1.5,
             images_per_second: 100.0,
             devices: 1,
+            train_supcon_loss: None,
         };
         let state = TrainState {
             epochs_completed: 1,

@@ -104,5 +104,10 @@ pub fn run(args: &ModelsArgs) -> anyhow::Result<()> {
             share
         );
     }
+    out!(
+        "Counts are of the classifier network. Training with --supcon-weight adds a projection \
+         head (two linear layers on the pooled features, training only), which evaluation, \
+         export and these counts leave out."
+    );
     Ok(())
 }

@@ -87,6 +87,14 @@ pub struct TrainSettings {
     /// Weight the loss by inverse class frequency.
     #[arg(long)]
     class_weighted: bool,
+    /// Weight of the supervised contrastive loss added to the cross-entropy (two augmented
+    /// views per image, a projection head for training only; the PPCR journal version's) [default:
+    /// 0 = off].
+    #[arg(long, value_name = "W")]
+    supcon_weight: Option<f64>,
+    /// Temperature of the contrastive loss [default: 0.07; needs --supcon-weight].
+    #[arg(long, value_name = "T")]
+    supcon_temperature: Option<f64>,
     /// Start from pretrained weights: a torchvision checkpoint (.pth/.pt state dict or
     /// .safetensors of resnet18/34/50) or a run folder (of `ppcr import` or `ppcr train`). A new
     /// classifier where the classes differ; attention units start from their own initialisation.
@@ -218,6 +226,12 @@ pub fn resolve_config(
     }
     if let Some(smoothing) = args.label_smoothing {
         config.label_smoothing = smoothing;
+    }
+    if let Some(weight) = args.supcon_weight {
+        config.supcon_weight = weight;
+    }
+    if let Some(temperature) = args.supcon_temperature {
+        config.supcon_temperature = temperature;
     }
     if let Some(pretrained) = &args.pretrained {
         config.pretrained = Some(pretrained.clone());

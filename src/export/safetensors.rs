@@ -50,6 +50,10 @@ pub fn export_safetensors(run: &Path, out: &Path) -> Result<ExportOutcome, Expor
     let (model, info) = load_trained_model(&run_dir, "best", &Device::flex())?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for tensor in model.collect(None, None, false) {
+        // The contrastive projection head exists for training only.
+        if tensor.name.starts_with("projection.") {
+            continue;
+        }
         let name = stable_name(&tensor.name);
         let mut shape = tensor.shape.to_vec();
         let mut data = bridge::to_data(&tensor).map_err(|e| RunFileError::Corrupt {

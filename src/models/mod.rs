@@ -6,6 +6,7 @@ mod blocks;
 pub mod layers;
 mod onnx;
 pub mod pretrained;
+mod projection;
 mod resnet;
 
 pub use backbone::{Backbone, BackboneSpec, BlockKind, Family};
@@ -13,6 +14,7 @@ pub use blocks::{
     BasicBlock, BlockSpec, Bottleneck, ProjectionShortcut, ResidualBlock, Shortcut, ShortcutKind,
     ZeroPadShortcut, conv, conv_output_size,
 };
+pub use projection::{ProjectionHead, ProjectionHeadConfig};
 pub use resnet::{ResNet, ResNetConfig, Stage, Stem, StemKind};
 
 use crate::attention::AttentionError;

@@ -162,9 +162,10 @@ pub fn torchvision_key(path: &str) -> Option<String> {
     }
 }
 
-/// Whether `path` is an attention unit's parameter (which pretrained weights never set).
+/// Whether `path` is an attention unit's parameter or the training-only projection head's,
+/// which pretrained weights never set.
 fn is_attention(path: &str) -> bool {
-    path.split('.').any(|part| part == "attention")
+    path.starts_with("projection.") || path.split('.').any(|part| part == "attention")
 }
 
 /// The parameters of `model` by path, with their shapes, attention units left out.

@@ -55,6 +55,10 @@ pub struct ResNetConfig {
     /// ImageNet ResNets, as their papers do.
     #[config(default = "None")]
     pub shortcut: Option<ShortcutKind>,
+    /// Width of a supervised-contrastive projection head on the pooled features (training
+    /// only; see [`super::ProjectionHead`]); `None` builds none.
+    #[config(default = "None")]
+    pub projection_dim: Option<usize>,
 }
 
 /// Stem: a convolution, BatchNorm, ReLU and, for the strided stem, a max-pool.
@@ -95,6 +99,9 @@ pub struct ResNet {
     pub stages: Vec<Stage>,
     /// Final fully connected layer after global average pooling.
     pub classifier: Linear,
+    /// The supervised-contrastive projection head, when the run trains with one; only
+    /// [`ResNet::forward_with_projection`] uses it.
+    pub projection: Option<super::ProjectionHead>,
     /// Training input size the size-bound units were built for.
     pub input_size: usize,
     /// Input channels.
@@ -229,6 +236,11 @@ impl ResNetConfig {
             stem,
             stages,
             classifier: LinearConfig::new(channels, self.num_classes).init(device),
+            projection: self.projection_dim.map(|dim| {
+                super::ProjectionHeadConfig::new(channels)
+                    .with_dim(dim)
+                    .init(device)
+            }),
             input_size: self.input_size,
             in_channels: self.in_channels,
         })
@@ -236,6 +248,16 @@ impl ResNetConfig {
 }
 
 impl ResNet {
+    /// Trainable parameters of the classifier network: all but a contrastive projection
+    /// head's, which exists for training only.
+    pub fn num_params_without_projection(&self) -> usize {
+        crate::params::count_trainable(self)
+            - self
+                .projection
+                .as_ref()
+                .map_or(0, crate::params::count_trainable)
+    }
+
     /// Every block's attention unit, stage by stage.
     pub fn attention_units(&self) -> impl Iterator<Item = &Attention> {
         self.stages
@@ -291,6 +313,23 @@ impl ResNet {
             }
         }
         x
+    }
+
+    /// Class logits and, when the model has a projection head, the unit-length embeddings of
+    /// the same images for the contrastive loss.
+    pub fn forward_with_projection(
+        &self,
+        x: Tensor<4>,
+    ) -> Result<(Tensor<2>, Option<Tensor<2>>), ModelError> {
+        self.check_input(x.dims())?;
+        let features = self.forward_features(x);
+        let [batch, channels, _, _] = features.dims();
+        let pooled = features.mean_dims(&[2, 3]).reshape([batch, channels]);
+        let embedding = self
+            .projection
+            .as_ref()
+            .map(|head| head.forward(pooled.clone()));
+        Ok((self.classifier.forward(pooled), embedding))
     }
 
     /// Global average pooling and the classifier, from the last stage's feature map.

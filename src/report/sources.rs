@@ -310,6 +310,7 @@ pub(crate) mod tests {
             seconds: 1.5,
             images_per_second: 100.0,
             devices: 1,
+            train_supcon_loss: None,
         }
     }
 

@@ -34,8 +34,12 @@ pub struct EpochRecord {
     pub devices: usize,
     /// Wall time of the epoch (training and validation), seconds.
     pub seconds: f64,
-    /// Training throughput, images per second.
+    /// Training throughput, images per second (views, with contrastive training).
     pub images_per_second: f64,
+    /// Mean supervised contrastive loss (unweighted) of the epoch's steps, where the run trains
+    /// with it (`supcon_weight > 0`).
+    #[serde(default)]
+    pub train_supcon_loss: Option<f64>,
 }
 
 fn one_device() -> usize {
@@ -138,6 +142,7 @@ mod tests {
             devices: 1,
             seconds: 2.0,
             images_per_second: 100.0,
+            train_supcon_loss: (epoch > 1).then_some(3.5),
         }
     }
 

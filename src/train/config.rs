@@ -87,6 +87,12 @@ pub struct TrainConfig {
     /// Learning-rate factor of the pretrained parameters (everything but the classifier and the
     /// attention units), with `pretrained`.
     pub backbone_lr_factor: f64,
+    /// Weight of the supervised contrastive loss added to the cross-entropy (Khosla et al.
+    /// 2020, as the PPCR journal version trains): two augmented views of every image, a
+    /// projection head on the pooled features (training only). 0 turns it off.
+    pub supcon_weight: f64,
+    /// Temperature of the contrastive loss (also its base temperature).
+    pub supcon_temperature: f64,
     /// Epochs at the start during which the pretrained parameters do not move (only the
     /// classifier and the attention units train; BatchNorm statistics still update), with
     /// `pretrained`.
@@ -127,6 +133,8 @@ impl Default for TrainConfig {
             val_fraction: 0.1,
             test_fraction: 0.2,
             pretrained: None,
+            supcon_weight: 0.0,
+            supcon_temperature: super::DEFAULT_TEMPERATURE,
             backbone_lr_factor: 1.0,
             freeze_backbone_epochs: 0,
         }
@@ -170,6 +178,24 @@ impl TrainConfig {
                  text",
                 pretrained.display()
             ));
+        }
+        if !(self.supcon_weight.is_finite() && self.supcon_weight >= 0.0) {
+            problems.push(format!(
+                "supcon_weight must be 0 (off) or a positive number, not {}",
+                self.supcon_weight
+            ));
+        }
+        if !(self.supcon_temperature.is_finite() && self.supcon_temperature > 0.0) {
+            problems.push(format!(
+                "supcon_temperature must be above 0, not {}",
+                self.supcon_temperature
+            ));
+        }
+        if self.supcon_weight == 0.0 && self.supcon_temperature != super::DEFAULT_TEMPERATURE {
+            problems.push(
+                "supcon_temperature applies to the contrastive loss: give supcon_weight > 0 too"
+                    .into(),
+            );
         }
         if !(self.backbone_lr_factor.is_finite() && self.backbone_lr_factor > 0.0) {
             problems.push(format!(

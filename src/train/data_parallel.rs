@@ -45,8 +45,9 @@ pub(crate) struct BatchGradients {
     pub grads: GradientsParams,
 }
 
-/// A batch's loss summed over its samples (mean loss x batch size) and its count of correct
-/// predictions, as one two-value tensor on the first device, detached from the graph. It stays
+/// A batch's loss summed over its samples (mean loss x batch size), its count of correct
+/// predictions and its contrastive loss (0 without), as one three-value tensor on the first
+/// device, detached from the graph. It stays
 /// on the device: the training loop adds the steps' values there and reads the running sums
 /// back only when the progress display needs them, so a GPU is not stopped after every step.
 #[derive(Clone)]
@@ -55,17 +56,28 @@ pub(crate) struct StepStats(pub Tensor<1>);
 impl StepStats {
     /// Both values zero, on `device`.
     pub fn zeros(device: &Device) -> Self {
-        Self(Tensor::zeros([2], device))
+        Self(Tensor::zeros([3], device))
     }
 
     /// From values read on the host.
     fn from_host(loss_sum: f32, correct: usize, device: &Device) -> Self {
-        Self(Tensor::from_floats([loss_sum, correct as f32], device))
+        Self(Tensor::from_floats([loss_sum, correct as f32, 0.0], device))
     }
 
     /// From the step's mean-loss tensor (of the whole batch), logits and targets, computed on
     /// their device.
     fn on_device(loss: Tensor<1>, logits: Tensor<2>, targets: Tensor<1, Int>) -> Self {
+        let zero = Tensor::zeros([1], &loss.device());
+        Self::with_contrastive(loss, zero, logits, targets)
+    }
+
+    /// As [`StepStats::on_device`], with the step's contrastive loss.
+    fn with_contrastive(
+        loss: Tensor<1>,
+        contrastive: Tensor<1>,
+        logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> Self {
         let batch = targets.dims()[0];
         let loss_sum = loss.detach().mul_scalar(batch as f32).reshape([1]);
         let correct = logits
@@ -76,7 +88,10 @@ impl StepStats {
             .float()
             .sum()
             .reshape([1]);
-        Self(Tensor::cat(vec![loss_sum, correct], 0))
+        Self(Tensor::cat(
+            vec![loss_sum, correct, contrastive.detach().reshape([1])],
+            0,
+        ))
     }
 
     /// The sum of two steps' values.
@@ -84,15 +99,20 @@ impl StepStats {
         Self(self.0.add(other.0))
     }
 
-    /// `(loss sum, correct predictions)`, read back to the host (a device synchronisation).
-    pub fn read(&self) -> (f64, usize) {
+    /// `(loss sum, correct predictions, contrastive loss summed over steps)`, read back to the
+    /// host (a device synchronisation).
+    pub fn read(&self) -> (f64, usize, f64) {
         let values = self
             .0
             .clone()
             .into_data()
             .try_to_vec::<f32>()
             .expect("float statistics");
-        (values[0] as f64, values[1].round().max(0.0) as usize)
+        (
+            values[0] as f64,
+            values[1].round().max(0.0) as usize,
+            values[2] as f64,
+        )
     }
 }
 
@@ -189,6 +209,40 @@ impl DataParallel {
     }
 }
 
+impl DataParallel {
+    /// The gradients of `model`'s cross-entropy over every view of a batch (`pixels`: each
+    /// image's first views, then their second views; `labels` likewise) plus `weight` times
+    /// the supervised contrastive loss of the views' embeddings at `temperature`. On the first
+    /// device only: the contrastive loss relates every view of the batch to every other.
+    pub fn contrastive_gradients(
+        &self,
+        model: ResNet,
+        pixels: &[f32],
+        labels: &[usize],
+        image_dims: [usize; 3],
+        weight: f64,
+        temperature: f64,
+    ) -> Result<BatchGradients, TrainError> {
+        let device = &self.devices[0];
+        let shard = Shard::new(0, device, pixels, labels, image_dims, None);
+        let (images, targets) = shard.tensors();
+        let (logits, embeddings) = model.forward_with_projection(images)?;
+        let embeddings = embeddings.ok_or_else(|| {
+            TrainError::Config("contrastive training needs the model's projection head".into())
+        })?;
+        let cross_entropy = self.loss_fns[0].forward(logits.clone(), targets.clone());
+        let contrastive = super::supcon_loss(embeddings, labels, temperature, temperature);
+        let total = cross_entropy.clone() + contrastive.clone().mul_scalar(weight);
+        let stats = StepStats::with_contrastive(cross_entropy, contrastive, logits, targets);
+        let grads = GradientsParams::from_grads(total.backward(), &model);
+        Ok(BatchGradients {
+            model,
+            stats,
+            grads,
+        })
+    }
+}
+
 /// Contiguous sample ranges of nearly equal size, one per device, for at most `batch` devices.
 fn shard_ranges(batch: usize, devices: usize) -> Vec<std::ops::Range<usize>> {
     let shards = devices.clamp(1, batch.max(1));
@@ -234,6 +288,24 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
+    /// The images `[samples, C, H, W]` and targets as tensors on the shard's device.
+    fn tensors(&self) -> (Tensor<4>, Tensor<1, Int>) {
+        let [channels, height, width] = self.image_dims;
+        let batch = self.labels.len();
+        let images = Tensor::<4>::from_data(
+            TensorData::new(self.pixels.clone(), [batch, channels, height, width]),
+            &self.device,
+        );
+        let targets = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                self.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+                [batch],
+            ),
+            &self.device,
+        );
+        (images, targets)
+    }
+
     fn new(
         shard: usize,
         device: &Device,
@@ -336,19 +408,7 @@ impl ShardStep {
         &self,
         shard: &Shard,
     ) -> Result<(Tensor<1>, Tensor<2>, Tensor<1, Int>), crate::models::ModelError> {
-        let [channels, height, width] = shard.image_dims;
-        let batch = shard.labels.len();
-        let images = Tensor::<4>::from_data(
-            TensorData::new(shard.pixels.clone(), [batch, channels, height, width]),
-            &shard.device,
-        );
-        let targets = Tensor::<1, Int>::from_data(
-            TensorData::new(
-                shard.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
-                [batch],
-            ),
-            &shard.device,
-        );
+        let (images, targets) = shard.tensors();
         let logits = self.model.try_forward(images)?;
         let mut loss = self.loss_fn.forward(logits.clone(), targets.clone());
         if let Some(share) = shard.share {
@@ -465,7 +525,7 @@ mod tests {
         let split = three
             .batch_gradients(small_model(&device), &pixels, &[1, 2], [1, 16, 16])
             .unwrap();
-        let (loss_sum, correct) = split.stats.read();
+        let (loss_sum, correct, _) = split.stats.read();
         assert!(loss_sum.is_finite() && loss_sum > 0.0);
         assert!(correct <= 2);
     }
@@ -520,14 +580,14 @@ mod tests {
             .enumerate()
             .filter(|(i, label)| argmax(&host.logits[i * 3..(i + 1) * 3]) == **label)
             .count();
-        let (loss_sum, correct) = split.stats.read();
+        let (loss_sum, correct, _) = split.stats.read();
         assert!(
             (loss_sum - 5.0 * host.loss as f64).abs() < 1e-5,
             "{loss_sum}"
         );
         assert_eq!(correct, expected_correct);
         // Running sums add up on the device.
-        let (twice, twice_correct) = split.stats.clone().add(split.stats).read();
+        let (twice, twice_correct, _) = split.stats.clone().add(split.stats).read();
         assert!((twice - 2.0 * loss_sum).abs() < 1e-5);
         assert_eq!(twice_correct, 2 * correct);
     }
@@ -604,7 +664,7 @@ mod tests {
             .enumerate()
             .filter(|(i, label)| argmax(&expected_logits[i * 3..(i + 1) * 3]) == **label)
             .count();
-        let (loss_sum, correct) = split.stats.read();
+        let (loss_sum, correct, _) = split.stats.read();
         assert!((loss_sum - batch as f64 * expected_loss as f64).abs() < 1e-5);
         assert_eq!(correct, expected_correct);
         let mut checked = 0;

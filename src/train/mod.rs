@@ -12,6 +12,7 @@ mod param_groups;
 mod prefetch;
 mod recipe;
 mod schedule;
+mod supcon;
 mod trainer;
 
 pub use config::TrainConfig;
@@ -20,6 +21,7 @@ pub use import::{IMAGENET_INPUT_SIZE, ImportOutcome, import_torchvision};
 pub use observer::{NoObserver, StepProgress, TrainObserver};
 pub use recipe::{RECIPES, recipe};
 pub use schedule::LrSchedule;
+pub use supcon::{DEFAULT_TEMPERATURE, supcon_loss};
 pub use trainer::{TrainOutcome, saved_settings_differences, train, train_on};
 
 /// The optimizer `train` builds for the default configuration (for the fuzz targets).

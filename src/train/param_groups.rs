@@ -1,5 +1,5 @@
-//! Fine-tuning's two parameter groups: the pretrained parameters (everything but the classifier
-//! and the attention units) step at the learning rate times a factor, or not at all while the
+//! Fine-tuning's two parameter groups: the pretrained parameters (everything but the classifier,
+//! the attention units and a contrastive projection head) step at the learning rate times a factor, or not at all while the
 //! backbone is frozen; the rest step at the learning rate. As PyTorch's per-group `lr` and
 //! `requires_grad = False`: a frozen parameter gets no update, no weight decay and no momentum.
 
@@ -30,6 +30,7 @@ impl BackboneGroup {
             .into_iter()
             .filter(|tensor| {
                 !tensor.name.starts_with("classifier.")
+                    && !tensor.name.starts_with("projection.")
                     && !tensor.name.split('.').any(|part| part == "attention")
             })
             .filter_map(|tensor| tensor.param_id.map(ParamId::from))

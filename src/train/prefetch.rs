@@ -30,6 +30,9 @@ pub(crate) struct EpochBatches<'a> {
     pub augment: &'a AugmentConfig,
     /// Normalisation after augmentation.
     pub normalization: &'a Normalization,
+    /// Augmented views of each image per batch: 1, or 2 for contrastive training (the batch
+    /// is then every image's first view, then every image's second, labels likewise).
+    pub views: usize,
 }
 
 impl EpochBatches<'_> {
@@ -49,10 +52,18 @@ impl EpochBatches<'_> {
                 steps,
                 augment,
                 normalization,
+                views,
             } = self;
             scope.spawn(move || {
                 for indices in order.chunks_exact(batch_size).take(steps) {
-                    let batch = make_batch(split, indices, Some(augment), &mut rng, normalization);
+                    let mut batch =
+                        make_batch(split, indices, Some(augment), &mut rng, normalization);
+                    for _ in 1..views {
+                        let (pixels, labels) =
+                            make_batch(split, indices, Some(augment), &mut rng, normalization);
+                        batch.0.extend(pixels);
+                        batch.1.extend(labels);
+                    }
                     if sender.send(batch).is_err() {
                         break;
                     }
@@ -97,6 +108,7 @@ mod tests {
             steps: 3,
             augment: &augment,
             normalization: &normalization,
+            views: 1,
         }
         .run(ChaCha8Rng::seed_from_u64(11), |batches| batches.collect());
         assert_eq!(ahead, in_turn);
@@ -109,6 +121,7 @@ mod tests {
             steps: 3,
             augment: &augment,
             normalization: &normalization,
+            views: 1,
         }
         .run(ChaCha8Rng::seed_from_u64(11), |batches| batches.next());
         assert_eq!(first.as_ref(), in_turn.first());

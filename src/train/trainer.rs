@@ -28,7 +28,6 @@ use crate::attention::AttentionConfig;
 use crate::data::{AugmentConfig, Dataset, Normalization};
 use crate::models::ResNetConfig;
 use crate::models::pretrained::PretrainedWeights;
-use crate::params::count_trainable;
 use crate::runfiles::{
     EpochRecord, RunDir, RunFileError, RunInfo, RunMetrics, SelectionMetric, TestPredictions,
     TrainState, pause_point, write_log,
@@ -48,6 +47,9 @@ pub struct TrainOutcome {
     /// Wall time of the epochs trained in this call, seconds.
     pub train_seconds: f64,
 }
+
+/// The embedding width of the contrastive projection head (the SupCon paper's 128).
+const SUPCON_PROJECTION_DIM: usize = 128;
 
 /// The generator for everything random in `epoch` (0-based) of a run seeded with `seed`.
 fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
@@ -75,6 +77,7 @@ pub(crate) fn model_config(
         .with_input_size(shape.height);
     model.stem = config.stem;
     model.shortcut = config.shortcut;
+    model.projection_dim = (config.supcon_weight > 0.0).then_some(SUPCON_PROJECTION_DIM);
     Ok(model)
 }
 
@@ -300,6 +303,14 @@ pub fn train_on(
         )));
     }
     let model_config = model_config(config, dataset)?;
+    let contrastive = config.supcon_weight > 0.0;
+    if contrastive && devices.len() > 1 {
+        return Err(TrainError::Config(
+            "the contrastive loss relates every view of a batch to every other, so it trains on \
+             one device: drop --devices or supcon_weight"
+                .into(),
+        ));
+    }
     let pretrained = match &config.pretrained {
         Some(source) => Some(read_pretrained(source, config.backbone)?),
         None => None,
@@ -336,7 +347,7 @@ pub fn train_on(
     let train_device = train_devices[0].clone();
     train_device.seed(config.seed);
     let mut model = model_config.init(&train_device)?;
-    let params = count_trainable(&model);
+    let params = model.num_params_without_projection();
     let mut optim = optimizer(config);
     let mut state = TrainState::default();
     let mut starting_point = String::new();
@@ -459,55 +470,70 @@ pub fn train_on(
             steps: steps_per_epoch,
             augment: &augment,
             normalization: &normalization,
+            views: if contrastive { 2 } else { 1 },
         };
-        let (stepped, lr, loss_sum, correct, seen) = batches.run(rng, |batches| {
-            let mut model = model;
-            let mut running = StepStats::zeros(&train_device);
-            let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-            let mut last_read = Instant::now();
-            let mut lr = config.lr;
-            for (step, (pixels, labels)) in batches.enumerate() {
-                let global_step = epoch * steps_per_epoch + step;
-                lr = config
-                    .schedule
-                    .lr_at(config.lr, global_step, steps_per_epoch, total_steps);
-                let BatchGradients {
-                    model: stepped,
-                    stats,
-                    grads,
-                } = data_parallel.batch_gradients(model, &pixels, &labels, image_dims)?;
-                model = match &backbone_group {
-                    Some(group) => group.step(&mut optim, lr, epoch, stepped, grads),
-                    None => optim.step(lr, stepped, grads),
-                };
-                running = running.add(stats);
-                seen += labels.len();
-                let last = step + 1 == steps_per_epoch;
-                if read_every_step || last || last_read.elapsed() >= PROGRESS_INTERVAL {
-                    (loss_sum, correct) = running.read();
-                    last_read = Instant::now();
-                    if !loss_sum.is_finite() {
-                        return Err(TrainError::Diverged {
+        let (stepped, lr, loss_sum, correct, seen, contrastive_sum) =
+            batches.run(rng, |batches| {
+                let mut model = model;
+                let mut running = StepStats::zeros(&train_device);
+                let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+                let mut contrastive_sum = 0.0f64;
+                let mut last_read = Instant::now();
+                let mut lr = config.lr;
+                for (step, (pixels, labels)) in batches.enumerate() {
+                    let global_step = epoch * steps_per_epoch + step;
+                    lr =
+                        config
+                            .schedule
+                            .lr_at(config.lr, global_step, steps_per_epoch, total_steps);
+                    let BatchGradients {
+                        model: stepped,
+                        stats,
+                        grads,
+                    } = if contrastive {
+                        data_parallel.contrastive_gradients(
+                            model,
+                            &pixels,
+                            &labels,
+                            image_dims,
+                            config.supcon_weight,
+                            config.supcon_temperature,
+                        )?
+                    } else {
+                        data_parallel.batch_gradients(model, &pixels, &labels, image_dims)?
+                    };
+                    model = match &backbone_group {
+                        Some(group) => group.step(&mut optim, lr, epoch, stepped, grads),
+                        None => optim.step(lr, stepped, grads),
+                    };
+                    running = running.add(stats);
+                    seen += labels.len();
+                    let last = step + 1 == steps_per_epoch;
+                    if read_every_step || last || last_read.elapsed() >= PROGRESS_INTERVAL {
+                        (loss_sum, correct, contrastive_sum) = running.read();
+                        last_read = Instant::now();
+                        if !(loss_sum.is_finite() && contrastive_sum.is_finite()) {
+                            return Err(TrainError::Diverged {
+                                epoch: epoch + 1,
+                                step: step + 1,
+                                value: (loss_sum + contrastive_sum) as f32,
+                            });
+                        }
+                        observer.on_step(&StepProgress {
                             epoch: epoch + 1,
+                            epochs: config.epochs,
                             step: step + 1,
-                            value: loss_sum as f32,
+                            steps: steps_per_epoch,
+                            loss: loss_sum / seen as f64,
+                            accuracy: correct as f64 / seen as f64,
+                            images_per_second: seen as f64 / epoch_started.elapsed().as_secs_f64(),
+                            lr,
                         });
                     }
-                    observer.on_step(&StepProgress {
-                        epoch: epoch + 1,
-                        epochs: config.epochs,
-                        step: step + 1,
-                        steps: steps_per_epoch,
-                        loss: loss_sum / seen as f64,
-                        accuracy: correct as f64 / seen as f64,
-                        images_per_second: seen as f64 / epoch_started.elapsed().as_secs_f64(),
-                        lr,
-                    });
+                    pause_point(|| format!("step:{}:{}", epoch + 1, step + 1));
                 }
-                pause_point(|| format!("step:{}:{}", epoch + 1, step + 1));
-            }
-            Ok((model, lr, loss_sum, correct, seen))
-        })?;
+                Ok((model, lr, loss_sum, correct, seen, contrastive_sum))
+            })?;
         model = stepped;
         let train_seconds = epoch_started.elapsed().as_secs_f64();
         let val = evaluate_split(
@@ -536,6 +562,7 @@ pub fn train_on(
             devices: devices.len(),
             seconds: epoch_started.elapsed().as_secs_f64(),
             images_per_second: seen as f64 / train_seconds,
+            train_supcon_loss: contrastive.then(|| contrastive_sum / steps_per_epoch as f64),
         };
         state.epochs_completed = epoch + 1;
         state.history.push(record.clone());
