@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use burn::store::{ModuleSnapshot, bridge};
 use burn::tensor::{Device, TensorData};
-use common::{assert_clean_failure, assert_success, fixtures, ppcr, stdout};
+use common::{assert_clean_failure, assert_success, export, fixtures, ppcr, stdout};
 use ppcr::attention::{AttentionConfig, AttentionKind};
 use ppcr::data::{LoadOptions, Normalization, builtin_breastmnist, load_image_file};
 use ppcr::models::{Backbone, ResNetConfig};
@@ -122,15 +122,7 @@ fn predict(run: &Path, images: &[PathBuf]) -> Vec<Vec<f32>> {
 /// Export `run` to ONNX, run it with tract on `images` and compare with `ppcr predict`.
 fn check_onnx(run: &Path, images: &[PathBuf], size: usize, channels: usize) -> f32 {
     let file = run.join("model.onnx");
-    assert_success(&ppcr([
-        "export",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--format",
-        "onnx",
-        "--out",
-        file.to_str().unwrap(),
-    ]));
+    export(run, "onnx", &file);
     let model = tract_onnx::onnx()
         .model_for_path(&file)
         .unwrap()
@@ -242,17 +234,7 @@ fn safetensors_holds_the_weights_under_torchvision_names() {
         3,
     );
     let file = folder.path().join("weights.safetensors");
-    let output = ppcr([
-        "export",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--format",
-        "safetensors",
-        "--out",
-        file.to_str().unwrap(),
-    ]);
-    assert_success(&output);
-    let bytes = std::fs::read(&file).unwrap();
+    let bytes = export(&run, "safetensors", &file);
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let metadata = header.metadata().as_ref().unwrap();
     assert_eq!(metadata["class_names"], r#"["class0","class1","class2"]"#);

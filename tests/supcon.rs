@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_clean_failure, assert_success, latest_weights, ppcr, tiny_train_args};
+use common::{assert_clean_failure, assert_success, export, latest_weights, ppcr, tiny_train_args};
 
 #[test]
 fn weight_zero_is_exactly_the_training_without_it() {
@@ -58,38 +58,16 @@ fn contrastive_training_logs_its_loss_and_keeps_the_head_out_of_counts_and_expor
     assert_eq!(params(&run), params(&plain));
     // The head is in the checkpoint (an exact resume needs it) but not in the exports.
     assert!(latest_weights(&run).len() > latest_weights(&plain).len());
-    let weights = folder.path().join("weights.safetensors");
-    assert_success(&ppcr([
-        "export",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--format",
-        "safetensors",
-        "--out",
-        weights.to_str().unwrap(),
-    ]));
-    let bytes = std::fs::read(&weights).unwrap();
-    let names = safetensors::SafeTensors::deserialize(&bytes)
-        .unwrap()
-        .names()
-        .len();
-    let plain_weights = folder.path().join("plain.safetensors");
-    assert_success(&ppcr([
-        "export",
-        "--checkpoint",
-        plain.to_str().unwrap(),
-        "--format",
-        "safetensors",
-        "--out",
-        plain_weights.to_str().unwrap(),
-    ]));
-    let plain_bytes = std::fs::read(&plain_weights).unwrap();
-    assert_eq!(
-        names,
-        safetensors::SafeTensors::deserialize(&plain_bytes)
+    let tensors = |run: &std::path::Path, name: &str| {
+        let bytes = export(run, "safetensors", &folder.path().join(name));
+        safetensors::SafeTensors::deserialize(&bytes)
             .unwrap()
             .names()
             .len()
+    };
+    assert_eq!(
+        tensors(&run, "supcon.safetensors"),
+        tensors(&plain, "plain.safetensors")
     );
 
     // A temperature without the loss is refused, as is the loss across devices.

@@ -115,3 +115,19 @@ pub fn latest_weights(run: &Path) -> Vec<Vec<f32>> {
     model.visit(&mut weights);
     weights.0
 }
+
+/// `ppcr export --checkpoint RUN --format FORMAT --out OUT`, asserted to succeed; returns the
+/// written file's bytes.
+pub fn export(run: &Path, format: &str, out: &Path) -> Vec<u8> {
+    let output = ppcr([
+        "export",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--format",
+        format,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    std::fs::read(out).unwrap()
+}
