@@ -12,7 +12,8 @@ use ppcr::train::TrainConfig;
 #[derive(Args, Debug)]
 pub struct DataArgs {
     /// Data: a MedMNIST .npz, an image folder (root/{train,val,test}/<class>/* or
-    /// root/<class>/*), a CSV file (path,label[,split]) or a CIFAR-10/100 binary folder
+    /// root/<class>/*), a CSV file (path,label[,split]), a CIFAR-10/100 binary folder or an
+    /// ISIC 2018 Task 3 folder (ISIC2018_Task3_*_Input/ with their _GroundTruth CSVs)
     /// [default: the built-in BreastMNIST].
     #[arg(long)]
     data: Option<PathBuf>,

@@ -9,8 +9,11 @@ use std::path::PathBuf;
 /// What the data layer accepts as input; quoted by errors about unrecognised inputs.
 pub const ACCEPTED_LAYOUTS: &str = "accepted inputs are: a MedMNIST .npz file; an image folder \
 laid out as root/{train,val,test}/<class>/<image> or root/<class>/<image> (PNG, JPEG, BMP or TIFF); \
-a .csv file with rows path,label[,split]; or a CIFAR-10/100 binary folder \
-(data_batch_1.bin..data_batch_5.bin + test_batch.bin, or train.bin + test.bin)";
+a .csv file with rows path,label[,split]; a CIFAR-10/100 binary folder \
+(data_batch_1.bin..data_batch_5.bin + test_batch.bin, or train.bin + test.bin); or an ISIC 2018 \
+Task 3 folder (ISIC2018_Task3_Training_Input/ and \
+ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv, with the Validation \
+and Test sets where present)";
 
 /// Everything that can go wrong while loading or checking a data set.
 ///
