@@ -40,6 +40,18 @@ pub struct ExportOutcome {
     pub items: usize,
 }
 
+/// The `best` weights of the run folder `run`, on the CPU, with its `run.json`.
+fn load_best(
+    run: &std::path::Path,
+) -> Result<(crate::models::ResNet, crate::runfiles::RunInfo), ExportError> {
+    let run_dir = crate::runfiles::RunDir::open(run).map_err(crate::train::TrainError::from)?;
+    Ok(crate::train::load_trained_model(
+        &run_dir,
+        "best",
+        &burn::tensor::Device::flex(),
+    )?)
+}
+
 /// The metadata both formats carry: the classes, the architecture and the input
 /// normalisation, as `key -> value` (class names as a JSON list).
 fn metadata(info: &crate::runfiles::RunInfo) -> Vec<(String, String)> {

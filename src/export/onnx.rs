@@ -8,13 +8,11 @@
 
 use std::path::Path;
 
-use burn::tensor::Device;
 use prost::Message;
 
-use super::{ExportError, ExportOutcome, metadata};
+use super::{ExportError, ExportOutcome, load_best, metadata};
 use crate::onnx::{OnnxGraph, int};
-use crate::runfiles::{RunDir, write_file};
-use crate::train::load_trained_model;
+use crate::runfiles::write_file;
 
 /// The graph input's name.
 pub const INPUT_NAME: &str = "image";
@@ -23,8 +21,7 @@ pub const OUTPUT_NAME: &str = "probabilities";
 
 /// Write the `best` weights of the run folder `run` to `out` as an ONNX model (atomically).
 pub fn export_onnx(run: &Path, out: &Path) -> Result<ExportOutcome, ExportError> {
-    let run_dir = RunDir::open(run).map_err(crate::train::TrainError::from)?;
-    let (model, info) = load_trained_model(&run_dir, "best", &Device::flex())?;
+    let (model, info) = load_best(run)?;
     let channels = info.model.in_channels;
     let size = info.model.input_size;
     let mut graph = OnnxGraph::new();

@@ -12,11 +12,11 @@ use burn::store::{ModuleSnapshot, bridge};
 use burn::tensor::{Device, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 
-use super::{ExportError, ExportOutcome, metadata};
+use super::{ExportError, ExportOutcome, load_best, metadata};
+use crate::models::ParameterRole;
 use crate::models::pretrained::torchvision_key;
 use crate::onnx::tensor_values;
-use crate::runfiles::{RunDir, RunFileError, write_file};
-use crate::train::load_trained_model;
+use crate::runfiles::{RunFileError, write_file};
 
 /// The stable name of the parameter at `path` in a ppcr ResNet (burn's path, with enum
 /// variants): torchvision's name for backbone tensors, `layer<S>.<B>.attention.<field>` for
@@ -46,12 +46,11 @@ pub fn stable_name(path: &str) -> String {
 
 /// Write the `best` weights of the run folder `run` to `out` as safetensors (atomically).
 pub fn export_safetensors(run: &Path, out: &Path) -> Result<ExportOutcome, ExportError> {
-    let run_dir = RunDir::open(run).map_err(crate::train::TrainError::from)?;
-    let (model, info) = load_trained_model(&run_dir, "best", &Device::flex())?;
+    let (model, info) = load_best(run)?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for tensor in model.collect(None, None, false) {
         // The contrastive projection head exists for training only.
-        if tensor.name.starts_with("projection.") {
+        if ParameterRole::of(&tensor.name) == ParameterRole::Projection {
             continue;
         }
         let name = stable_name(&tensor.name);

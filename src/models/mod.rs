@@ -5,6 +5,7 @@ mod backbone;
 mod blocks;
 pub mod layers;
 mod onnx;
+mod parameter_role;
 pub mod pretrained;
 mod projection;
 mod resnet;
@@ -14,6 +15,7 @@ pub use blocks::{
     BasicBlock, BlockSpec, Bottleneck, ProjectionShortcut, ResidualBlock, Shortcut, ShortcutKind,
     ZeroPadShortcut, conv, conv_output_size,
 };
+pub use parameter_role::ParameterRole;
 pub use projection::{ProjectionHead, ProjectionHeadConfig};
 pub use resnet::{ResNet, ResNetConfig, Stage, Stem, StemKind};
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use burn::store::{ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore, bridge};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
-use super::{Backbone, ResNet, ResNetConfig};
+use super::{Backbone, ParameterRole, ResNet, ResNetConfig};
 use crate::attention::AttentionConfig;
 
 /// The backbones torchvision publishes ImageNet weights for that ppcr builds identically.
@@ -162,10 +162,13 @@ pub fn torchvision_key(path: &str) -> Option<String> {
     }
 }
 
-/// Whether `path` is an attention unit's parameter or the training-only projection head's,
-/// which pretrained weights never set.
-fn is_attention(path: &str) -> bool {
-    path.starts_with("projection.") || path.split('.').any(|part| part == "attention")
+/// Whether pretrained weights set the parameter at `path`: not an attention unit's or the
+/// training-only projection head's.
+fn is_pretrained(path: &str) -> bool {
+    matches!(
+        ParameterRole::of(path),
+        ParameterRole::Backbone | ParameterRole::Classifier
+    )
 }
 
 /// The parameters of `model` by path, with their shapes, attention units left out.
@@ -173,7 +176,7 @@ fn parameter_shapes(model: &ResNet) -> Vec<(String, Vec<usize>)> {
     model
         .collect(None, None, false)
         .into_iter()
-        .filter(|tensor| !is_attention(&tensor.name))
+        .filter(|tensor| is_pretrained(&tensor.name))
         .map(|tensor| (tensor.name.clone(), tensor.shape.to_vec()))
         .collect()
 }
@@ -334,7 +337,7 @@ impl PretrainedWeights {
         let tensors = model
             .collect(None, None, false)
             .into_iter()
-            .filter(|tensor| !is_attention(&tensor.name))
+            .filter(|tensor| is_pretrained(&tensor.name))
             .map(|tensor| {
                 let data = bridge::to_data(&tensor)
                     .expect("a live model's tensors materialise")
@@ -541,7 +544,7 @@ mod tests {
             .model
             .collect(None, None, false)
             .into_iter()
-            .filter(|tensor| is_attention(&tensor.name))
+            .filter(|tensor| ParameterRole::of(&tensor.name) == ParameterRole::Attention)
             .flat_map(|tensor| {
                 bridge::to_data(&tensor)
                     .unwrap()

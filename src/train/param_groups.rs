@@ -10,7 +10,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::store::ModuleSnapshot;
 use burn::tensor::Tensor;
 
-use crate::models::ResNet;
+use crate::models::{ParameterRole, ResNet};
 
 /// The pretrained parameters of a model and how they step.
 #[derive(Debug, Clone)]
@@ -28,11 +28,7 @@ impl BackboneGroup {
         let ids = model
             .collect(None, None, false)
             .into_iter()
-            .filter(|tensor| {
-                !tensor.name.starts_with("classifier.")
-                    && !tensor.name.starts_with("projection.")
-                    && !tensor.name.split('.').any(|part| part == "attention")
-            })
+            .filter(|tensor| ParameterRole::of(&tensor.name) == ParameterRole::Backbone)
             .filter_map(|tensor| tensor.param_id.map(ParamId::from))
             .collect();
         BackboneGroup {
@@ -145,7 +141,7 @@ mod tests {
             if name.contains("running_") {
                 continue;
             }
-            let backbone = !name.starts_with("classifier.") && !name.contains(".attention.");
+            let backbone = ParameterRole::of(name) == ParameterRole::Backbone;
             if backbone {
                 assert!(
                     frozen.iter().all(|d| *d == 0.0),
