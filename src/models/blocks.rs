@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor, s};
 use serde::{Deserialize, Serialize};
 
 use super::layers;
-use crate::attention::{Attention, AttentionConfig, AttentionError};
+use crate::attention::{Attention, AttentionConfig, AttentionError, AttentionKind};
 
 /// How a block's shortcut matches the branch when the shape changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,7 +121,7 @@ impl Shortcut {
             Shortcut::Identity(_) => x,
             Shortcut::ZeroPad(shortcut) => shortcut.forward(x),
             Shortcut::Projection(shortcut) => {
-                layers::batch_norm(&shortcut.norm, layers::conv2d(&shortcut.conv, x), false)
+                layers::conv_batch_norm(&shortcut.conv, &shortcut.norm, x, false)
             }
         }
     }
@@ -206,10 +206,10 @@ impl BasicBlock {
         })
     }
 
-    /// The residual branch up to and including the attention unit.
-    fn branch(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = layers::batch_norm(&self.bn1, layers::conv2d(&self.conv1, x), true);
-        layers::batch_norm(&self.bn2, layers::conv2d(&self.conv2, out), false)
+    /// The residual branch up to its last convolution, and that convolution's BatchNorm.
+    fn branch_parts(&self, x: Tensor<4>) -> (Tensor<4>, &Conv2d, &BatchNorm) {
+        let out = layers::conv_batch_norm(&self.conv1, &self.bn1, x, true);
+        (out, &self.conv2, &self.bn2)
     }
 }
 
@@ -253,10 +253,11 @@ impl Bottleneck {
         })
     }
 
-    fn branch(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = layers::batch_norm(&self.bn1, layers::conv2d(&self.conv1, x), true);
-        let out = layers::batch_norm(&self.bn2, layers::conv2d(&self.conv2, out), true);
-        layers::batch_norm(&self.bn3, layers::conv2d(&self.conv3, out), false)
+    /// The residual branch up to its last convolution, and that convolution's BatchNorm.
+    fn branch_parts(&self, x: Tensor<4>) -> (Tensor<4>, &Conv2d, &BatchNorm) {
+        let out = layers::conv_batch_norm(&self.conv1, &self.bn1, x, true);
+        let out = layers::conv_batch_norm(&self.conv2, &self.bn2, out, true);
+        (out, &self.conv3, &self.bn3)
     }
 }
 
@@ -283,14 +284,25 @@ impl ResidualBlock {
         x: Tensor<4>,
         want_map: bool,
     ) -> (Tensor<4>, Option<Tensor<4>>) {
-        let (branch, attention, shortcut) = match self {
-            ResidualBlock::Basic(block) => {
-                (block.branch(x.clone()), &block.attention, &block.shortcut)
-            }
-            ResidualBlock::Bottleneck(block) => {
-                (block.branch(x.clone()), &block.attention, &block.shortcut)
-            }
+        let ((inner, conv, bn), attention, shortcut) = match self {
+            ResidualBlock::Basic(block) => (
+                block.branch_parts(x.clone()),
+                &block.attention,
+                &block.shortcut,
+            ),
+            ResidualBlock::Bottleneck(block) => (
+                block.branch_parts(x.clone()),
+                &block.attention,
+                &block.shortcut,
+            ),
         };
+        if attention.kind() == AttentionKind::None {
+            // Nothing between the last BatchNorm and the residual add: in inference the
+            // convolution kernel writes the block's output directly.
+            let features = layers::conv_batch_norm_add_relu(conv, bn, inner, shortcut.forward(x));
+            return (features, None);
+        }
+        let branch = layers::conv_batch_norm(conv, bn, inner, false);
         let map = if want_map {
             attention.attention_map(branch.clone())
         } else {

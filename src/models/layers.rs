@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
-use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
+use burn::tensor::{Tensor, TensorData};
 
 use crate::kernels::cpu::batch_norm as batch_norm_kernel;
 use crate::kernels::cpu::conv as conv_kernel;
@@ -27,24 +27,120 @@ pub fn kernels_enabled() -> bool {
 /// `conv.forward(x)`, through the convolution kernel where it applies: no groups, no dilation,
 /// no bias and symmetric padding, on Flex `f32` tensors.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    // `Explicit(top, left, bottom, right)`; `Same` with an even kernel pads unevenly.
-    let padding = match conv.padding {
-        PaddingConfig2d::Valid => Some([0, 0]),
-        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
-            Some([top, left])
-        }
-        _ => None,
-    };
+    match kernel_padding(conv, &x) {
+        Some(padding) => conv_kernel::conv2d(x, conv.weight.val(), conv.stride, padding),
+        None => conv.forward(x),
+    }
+}
+
+/// `bn.forward(conv.forward(x))`, followed by ReLU when `then_relu`. In inference on plain Flex
+/// `f32` tensors the BatchNorm (with its running statistics) and the ReLU are folded into the
+/// convolution kernel's output, so the feature map is written once.
+pub fn conv_batch_norm(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>, then_relu: bool) -> Tensor<4> {
     let weight = conv.weight.val();
+    if conv_kernel::affine_available(&x, &weight)
+        && let Some(padding) = kernel_padding(conv, &x)
+    {
+        let affine = inference_affine(bn, &x.device());
+        return conv_kernel::conv2d_affine(x, weight, affine, conv.stride, padding, then_relu);
+    }
+    batch_norm(bn, conv2d(conv, x), then_relu)
+}
+
+/// `relu(bn.forward(conv.forward(x)) + residual)`, the end of a residual block without an
+/// attention unit. In inference on plain Flex `f32` tensors the BatchNorm, the add and the ReLU
+/// are folded into the convolution kernel's output.
+pub fn conv_batch_norm_add_relu(
+    conv: &Conv2d,
+    bn: &BatchNorm,
+    x: Tensor<4>,
+    residual: Tensor<4>,
+) -> Tensor<4> {
+    let weight = conv.weight.val();
+    if conv_kernel::affine_available(&x, &weight)
+        && batch_norm_kernel::inference_available(&residual)
+        && let Some(padding) = kernel_padding(conv, &x)
+        && Some(residual.dims()) == output_dims(conv, &x, padding)
+    {
+        let affine = inference_affine(bn, &x.device());
+        return conv_kernel::conv2d_affine_add_relu(
+            x,
+            weight,
+            affine,
+            residual,
+            conv.stride,
+            padding,
+        );
+    }
+    add_relu(conv_batch_norm(conv, bn, x, false), residual)
+}
+
+/// The symmetric padding `[ph, pw]` with which the convolution kernel runs `conv` on `x`, or
+/// `None` where burn's layer must: kernels off, groups, dilation, a bias, uneven padding
+/// (`Explicit(top, left, bottom, right)`; `Same` with an even kernel pads unevenly), or
+/// tensors the kernel does not take.
+fn kernel_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 2]> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            [top, left]
+        }
+        _ => return None,
+    };
     let takes_kernel = kernels_enabled()
         && conv.groups == 1
         && conv.dilation == [1, 1]
         && conv.bias.is_none()
-        && conv_kernel::fused_available(&x, &weight);
-    match padding {
-        Some(padding) if takes_kernel => conv_kernel::conv2d(x, weight, conv.stride, padding),
-        _ => conv.forward(x),
-    }
+        && conv_kernel::fused_available(x, &conv.weight.val());
+    takes_kernel.then_some(padding)
+}
+
+/// The output shape of `conv` on `x` with `padding`, or `None` where the padded input is
+/// smaller than the kernel.
+fn output_dims(conv: &Conv2d, x: &Tensor<4>, padding: [usize; 2]) -> Option<[usize; 4]> {
+    let [batch, _, height, width] = x.dims();
+    let [out_channels, _, kh, kw] = conv.weight.dims();
+    let out = |size: usize, pad: usize, kernel: usize, stride: usize| {
+        (size + 2 * pad)
+            .checked_sub(kernel)
+            .map(|reach| reach / stride + 1)
+    };
+    Some([
+        batch,
+        out_channels,
+        out(height, padding[0], kh, conv.stride[0])?,
+        out(width, padding[1], kw, conv.stride[1])?,
+    ])
+}
+
+/// An inference BatchNorm as `[scale, shift]` per channel, computed on the host as burn's
+/// `batch_norm` computes it: `scale = gamma / sqrt(var + eps)`, `shift = beta - mean * scale`.
+fn inference_affine(bn: &BatchNorm, device: &burn::tensor::Device) -> [Tensor<1>; 2] {
+    let host = |tensor: Tensor<1>| {
+        tensor
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("a BatchNorm parameter converts to f32")
+    };
+    let gamma = host(bn.gamma.val());
+    let beta = host(bn.beta.val());
+    let mean = host(bn.running_mean.value());
+    let variance = host(bn.running_var.value());
+    let epsilon = bn.epsilon as f32;
+    let scale: Vec<f32> = gamma
+        .iter()
+        .zip(&variance)
+        .map(|(g, v)| g / (v + epsilon).sqrt())
+        .collect();
+    let shift: Vec<f32> = beta
+        .iter()
+        .zip(&mean)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    let channels = scale.len();
+    [scale, shift].map(|values| Tensor::from_data(TensorData::new(values, [channels]), device))
 }
 
 /// `bn.forward(x)`, followed by ReLU when `then_relu`. In training mode (an autodiff device and
@@ -54,16 +150,7 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, then_relu: bool) -> Tensor<4> {
     let training = x.device().is_autodiff() && bn.training.is_enabled();
     let (gamma, beta) = (bn.gamma.val(), bn.beta.val());
     if !training && kernels_enabled() && batch_norm_kernel::inference_available(&x) {
-        // Folded as burn's `batch_norm` computes it: (x - mean) / sqrt(var + eps) * gamma + beta.
-        let device = x.device();
-        let scale = gamma.div(
-            bn.running_var
-                .value()
-                .to_device(&device)
-                .add_scalar(bn.epsilon)
-                .sqrt(),
-        );
-        let shift = beta - bn.running_mean.value().to_device(&device) * scale.clone();
+        let [scale, shift] = inference_affine(bn, &x.device());
         return batch_norm_kernel::scale_shift(x, scale, shift, then_relu);
     }
     if !(training && kernels_enabled() && batch_norm_kernel::fused_available(&x, &gamma, &beta)) {
@@ -167,6 +254,57 @@ mod tests {
             };
             let y = batch_norm(&bn, x, then_relu);
             assert_matches_reference(&values(y), &values(reference), 1e-5, "inference output");
+        }
+    }
+
+    /// Inference convolutions with the BatchNorm and ReLU, or the BatchNorm, residual add and
+    /// ReLU, folded into the kernel give the bits of the separate kernels and the values of
+    /// burn's layers, on odd shapes of each path: direct (3x3 stride 1), strided, pointwise,
+    /// and stride 1 with more input channels than the direct path takes.
+    #[test]
+    fn folded_batch_norm_gives_the_separate_layers_bits() {
+        let device = device();
+        for (seed, (in_channels, out_channels, [h, w], kernel, stride, padding)) in [
+            (5, 11, [9, 7], 3, 1, 1),
+            (5, 11, [9, 7], 3, 2, 1),
+            (6, 10, [5, 5], 1, 1, 0),
+            (70, 9, [5, 3], 3, 1, 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let seed = seed as u64;
+            let conv = Conv2dConfig::new([in_channels, out_channels], [kernel, kernel])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(
+                    padding, padding, padding, padding,
+                ))
+                .with_bias(false)
+                .init(&device);
+            let bn = trained_batch_norm(out_channels).valid();
+            for batch in [1, 3] {
+                let x = random_tensor([batch, in_channels, h, w], seed, &device);
+                assert!(conv_kernel::affine_available(&x, &conv.weight.val()));
+                let what = format!("{in_channels}->{out_channels} {kernel}x{kernel} s{stride}");
+                for then_relu in [false, true] {
+                    let fused = values(conv_batch_norm(&conv, &bn, x.clone(), then_relu));
+                    let separate = batch_norm(&bn, conv2d(&conv, x.clone()), then_relu);
+                    assert_eq!(fused, values(separate), "{what}, relu {then_relu}");
+                    let burns = bn.forward(conv.forward(x.clone()));
+                    let burns = if then_relu { relu(burns) } else { burns };
+                    assert_matches_reference(&fused, &values(burns), 1e-4, &what);
+                }
+                let out_dims = conv2d(&conv, x.clone()).dims();
+                let residual = random_tensor(out_dims, seed + 10, &device);
+                let fused = conv_batch_norm_add_relu(&conv, &bn, x.clone(), residual.clone());
+                let separate = add_relu(
+                    batch_norm(&bn, conv2d(&conv, x.clone()), false),
+                    residual.clone(),
+                );
+                assert_eq!(values(fused.clone()), values(separate), "{what}, residual");
+                let burns = relu(bn.forward(conv.forward(x)) + residual);
+                assert_matches_reference(&values(fused), &values(burns), 1e-4, &what);
+            }
         }
     }
 

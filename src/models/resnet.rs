@@ -75,7 +75,7 @@ pub struct Stem {
 impl Stem {
     /// Apply the stem.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = layers::batch_norm(&self.norm, layers::conv2d(&self.conv, x), true);
+        let x = layers::conv_batch_norm(&self.conv, &self.norm, x, true);
         match &self.pool {
             Some(pool) => pool.forward(x),
             None => x,

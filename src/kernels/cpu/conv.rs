@@ -23,6 +23,10 @@
 //! product the threads instead). A pointwise convolution (1x1, stride 1, no padding) uses `X_b`
 //! itself as `col`. The weight gradient sums per thread over a fixed split of the batch and
 //! adds the partial sums in order, so a given thread count gives the same bits every run.
+//!
+//! In inference ([`ConvAffineOps`]) the BatchNorm after the convolution, with the ReLU or the
+//! residual add and ReLU that follow it, is applied to each output value as the kernel writes
+//! it, instead of in one more pass over the feature map each.
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -38,7 +42,7 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::common::{assume_written, contiguous_values, flex_tensor, on_flex_f32, unwritten};
+use super::common::{assume_written, contiguous_values, flex_tensor, on_flex_f32, relu, unwritten};
 use super::conv_direct::{self, DirectScratch, DirectShape};
 
 /// The convolution as a backend extension operation.
@@ -79,6 +83,198 @@ pub fn conv2d(
     ))
 }
 
+/// The convolution of [`ConvOps::conv2d_gemm`] followed by an inference BatchNorm, on plain
+/// Flex tensors: `y * scale[o] + shift[o]` per output channel `o`, then ReLU, or the residual
+/// add and ReLU that end a block. Folded into the kernel's output, the feature map is written
+/// once instead of written and then read and rewritten by each following pass.
+#[backend_extension(Flex)]
+pub trait ConvAffineOps: Backend {
+    /// `[relu](conv2d(X, W) * scale + shift)` per output channel.
+    fn conv2d_affine_fused(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+        relu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// `relu(conv2d(X, W) * scale + shift + residual)`, with `residual` of the output's shape.
+    fn conv2d_affine_add_relu_fused(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self>;
+}
+
+/// Whether [`conv2d_affine`] and [`conv2d_affine_add_relu`] can run on these tensors: plain
+/// (not autodiff) Flex `f32` tensors.
+pub fn affine_available(x: &Tensor<4>, weight: &Tensor<4>) -> bool {
+    fused_available(x, weight) && !x.device().is_autodiff()
+}
+
+/// `[relu](conv2d(x, weight) * scale + shift)` per output channel; the caller checks
+/// [`affine_available`] and what [`conv2d`] needs, and that `scale` and `shift` are `[Co]`.
+pub fn conv2d_affine(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    [scale, shift]: [Tensor<1>; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    relu: bool,
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as ConvAffineOps>::conv2d_affine_fused(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        scale.into_dispatch(),
+        shift.into_dispatch(),
+        stride,
+        padding,
+        relu,
+    ))
+}
+
+/// `relu(conv2d(x, weight) * scale + shift + residual)`; the caller checks what
+/// [`conv2d_affine`] needs and that `residual` has the output's shape and lives on Flex.
+pub fn conv2d_affine_add_relu(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    [scale, shift]: [Tensor<1>; 2],
+    residual: Tensor<4>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as ConvAffineOps>::conv2d_affine_add_relu_fused(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        scale.into_dispatch(),
+        shift.into_dispatch(),
+        residual.into_dispatch(),
+        stride,
+        padding,
+    ))
+}
+
+impl ConvAffineOps for Flex {
+    fn conv2d_affine_fused(
+        x: FlexTensor,
+        weight: FlexTensor,
+        scale: FlexTensor,
+        shift: FlexTensor,
+        stride: [usize; 2],
+        padding: [usize; 2],
+        relu: bool,
+    ) -> FlexTensor {
+        let (scale, shift) = (contiguous_values(&scale), contiguous_values(&shift));
+        let map = OutputMap::new(&weight, &scale, &shift, None, relu);
+        forward(&x, &weight, stride, padding, Some(&map))
+    }
+
+    fn conv2d_affine_add_relu_fused(
+        x: FlexTensor,
+        weight: FlexTensor,
+        scale: FlexTensor,
+        shift: FlexTensor,
+        residual: FlexTensor,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FlexTensor {
+        let (scale, shift) = (contiguous_values(&scale), contiguous_values(&shift));
+        let residual_shape = residual.shape();
+        let residual = contiguous_values(&residual);
+        let map = OutputMap::new(&weight, &scale, &shift, Some(&residual), true);
+        let output = forward(&x, &weight, stride, padding, Some(&map));
+        assert_eq!(
+            output.shape(),
+            residual_shape,
+            "conv2d_affine_add_relu_fused: the residual is not the output's shape"
+        );
+        output
+    }
+}
+
+/// What [`ConvAffineOps`] applies to each output value as the kernel writes it:
+/// `y * scale[o] + shift[o]`, plus the residual at the same place, then ReLU; written as
+/// BatchNorm's inference kernel and the residual kernel write it, so that the fused and the
+/// separate layers give the same bits.
+pub(super) struct OutputMap<'a> {
+    scale: &'a [f32],
+    shift: &'a [f32],
+    /// The whole `[B, Co, Ho, Wo]` residual, indexed as the output.
+    residual: Option<&'a [f32]>,
+    relu: bool,
+}
+
+impl<'a> OutputMap<'a> {
+    fn new(
+        weight: &FlexTensor,
+        scale: &'a [f32],
+        shift: &'a [f32],
+        residual: Option<&'a [f32]>,
+        relu: bool,
+    ) -> Self {
+        let out_channels = weight.shape()[0];
+        assert!(
+            scale.len() == out_channels && shift.len() == out_channels,
+            "conv2d_affine_fused: scale and shift must be [Co]"
+        );
+        OutputMap {
+            scale,
+            shift,
+            residual,
+            relu,
+        }
+    }
+
+    /// Write `computed`, values of output channel `channel` that land at `at..` of the whole
+    /// output, mapped into `out`.
+    #[inline]
+    pub(super) fn write(
+        &self,
+        at: usize,
+        channel: usize,
+        computed: &[f32],
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let (scale, shift) = (self.scale[channel], self.shift[channel]);
+        match (self.residual, self.relu) {
+            (Some(residual), _) => {
+                let residual = &residual[at..at + out.len()];
+                for ((value, &y), &r) in out.iter_mut().zip(computed).zip(residual) {
+                    value.write(relu(y * scale + shift + r));
+                }
+            }
+            (None, true) => {
+                for (value, &y) in out.iter_mut().zip(computed) {
+                    value.write(relu(y * scale + shift));
+                }
+            }
+            (None, false) => {
+                for (value, &y) in out.iter_mut().zip(computed) {
+                    value.write(y * scale + shift);
+                }
+            }
+        }
+    }
+
+    /// Map consecutive `[Co, N]` samples that start at `at` of the whole output, in place.
+    fn apply_in_place(&self, at: usize, samples: &mut [MaybeUninit<f32>], pixels: usize) {
+        let channels = self.scale.len();
+        let mut computed = Vec::with_capacity(pixels);
+        for (index, plane) in samples.chunks_exact_mut(pixels).enumerate() {
+            computed.clear();
+            // SAFETY: the caller wrote every value of `samples`.
+            computed.extend(plane.iter().map(|value| unsafe { value.assume_init() }));
+            self.write(at + index * pixels, index % channels, &computed, plane);
+        }
+    }
+}
+
 impl ConvOps for Flex {
     fn conv2d_gemm(
         x: FlexTensor,
@@ -86,7 +282,7 @@ impl ConvOps for Flex {
         stride: [usize; 2],
         padding: [usize; 2],
     ) -> FlexTensor {
-        forward(&x, &weight, stride, padding)
+        forward(&x, &weight, stride, padding, None)
     }
 }
 
@@ -100,7 +296,7 @@ impl<C: CheckpointStrategy> ConvOps for Autodiff<Flex, C> {
         let guards = [x.node(), weight.node()];
         let x = x.into_primitive();
         let weight = weight.into_primitive();
-        let output = forward(&x, &weight, stride, padding);
+        let output = forward(&x, &weight, stride, padding, None);
         match ConvBackward.prepare::<C>(guards).compute_bound().stateful() {
             // The backward step rebuilds each sample's im2col matrix from `x` instead of keeping
             // it: `kh * kw` times the input's memory would sit in every layer until the backward.
@@ -168,7 +364,7 @@ impl Backward<Flex, 2> for ConvBackward {
             .and_then(|shape| shape.input_gradient());
         if let (Some(shape), Some(grad_x)) = (direct, grad_x.as_deref_mut()) {
             let blocked = conv_direct::input_gradient_weights(&shape, &weight);
-            convolve_samples(&shape, &blocked, &grad_output, grad_x);
+            convolve_samples(&shape, &blocked, &grad_output, grad_x, None);
         }
         let tiled_grad_x = match direct {
             Some(_) => None,
@@ -610,12 +806,13 @@ unsafe fn matmul(
     }
 }
 
-/// `Y = conv2d(X, W)`.
+/// `Y = conv2d(X, W)`, each output value passed through `map` where given.
 fn forward(
     x: &FlexTensor,
     weight: &FlexTensor,
     stride: [usize; 2],
     padding: [usize; 2],
+    map: Option<&OutputMap>,
 ) -> FlexTensor {
     let geometry = Geometry::of(&x.shape(), &weight.shape(), stride, padding);
     let x = contiguous_values(x);
@@ -629,13 +826,14 @@ fn forward(
     ]);
     if let Some(shape) = geometry.direct_shape() {
         let blocked = conv_direct::forward_weights(&shape, &weight);
-        convolve_samples(&shape, &blocked, &x, &mut output);
+        convolve_samples(&shape, &blocked, &x, &mut output, map);
         // SAFETY: `convolve_samples` wrote every sample's output.
         return flex_tensor(unsafe { assume_written(output) }, out_shape);
     }
     let (k, pixels) = (geometry.patch_len(), geometry.out_pixels());
     let parallelism = geometry.product_parallelism();
-    let tile = |scratch: &mut Scratch, (input, out): (&[f32], &mut [MaybeUninit<f32>])| {
+    let tile = |scratch: &mut Scratch,
+                (index, (input, out)): (usize, (&[f32], &mut [MaybeUninit<f32>]))| {
         let count = input.len() / geometry.in_sample_len();
         let columns = count * pixels;
         let rhs = if geometry.is_pointwise() && count == 1 {
@@ -672,6 +870,11 @@ fn forward(
         if count > 1 {
             scatter_tile(&scratch.matrix, geometry.out_channels, pixels, out);
         }
+        if let Some(map) = map {
+            // The product or `scatter_tile` wrote every value of `out`.
+            let at = index * geometry.samples_per_tile() * geometry.out_sample_len();
+            map.apply_in_place(at, out, pixels);
+        }
     };
     let samples = geometry.samples_per_tile();
     let (in_len, out_len) = (
@@ -681,11 +884,13 @@ fn forward(
     if geometry.tiles_in_parallel() {
         x.par_chunks(in_len)
             .zip(output.par_chunks_mut(out_len))
+            .enumerate()
             .for_each_init(Scratch::default, tile);
     } else {
         let mut scratch = Scratch::default();
         x.chunks(in_len)
             .zip(output.chunks_mut(out_len))
+            .enumerate()
             .for_each(|pair| tile(&mut scratch, pair));
     }
     // SAFETY: every tile's output block was written by its product or by `scatter_tile`.
@@ -693,13 +898,14 @@ fn forward(
     flex_tensor(output, out_shape)
 }
 
-/// The direct path over a batch: each sample's input convolved into its output, samples spread
-/// over the threads.
+/// The direct path over a batch: each sample's input convolved into its output (each value
+/// passed through `map` where given), samples spread over the threads.
 fn convolve_samples(
     shape: &DirectShape,
     blocked: &[f32],
     inputs: &[f32],
     outputs: &mut [MaybeUninit<f32>],
+    map: Option<&OutputMap>,
 ) {
     let [ho, wo] = shape.out_size();
     let in_len = shape.in_channels * shape.size[0] * shape.size[1];
@@ -707,8 +913,10 @@ fn convolve_samples(
     inputs
         .par_chunks_exact(in_len)
         .zip(outputs.par_chunks_exact_mut(out_len))
-        .for_each_init(DirectScratch::default, |scratch, (input, out)| {
-            conv_direct::convolve_sample(shape, blocked, input, out, scratch)
+        .enumerate()
+        .for_each_init(DirectScratch::default, |scratch, (b, (input, out))| {
+            let map = map.map(|map| (map, b * out_len));
+            conv_direct::convolve_sample(shape, blocked, input, out, scratch, map)
         });
 }
 

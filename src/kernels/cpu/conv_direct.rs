@@ -19,6 +19,8 @@
 
 use std::mem::MaybeUninit;
 
+use super::conv::OutputMap;
+
 /// Output channels per block: the accumulators of one inner step.
 const CHANNEL_BLOCK: usize = 8;
 /// Output places per inner step: two 16-lane vectors.
@@ -159,13 +161,16 @@ pub(super) struct DirectScratch {
 }
 
 /// One sample: `input` (`[Ci, H, W]`) convolved with the blocked weights into `out`
-/// (`[Co, Ho, Wo]`). The caller checks [`available`].
+/// (`[Co, Ho, Wo]`), each value passed through `map` as it is written (with the index of
+/// `out[0]` in the whole output, which the map's residual is indexed by). The caller checks
+/// [`available`].
 pub(super) fn convolve_sample(
     shape: &DirectShape,
     blocked: &[f32],
     input: &[f32],
     out: &mut [MaybeUninit<f32>],
     scratch: &mut DirectScratch,
+    map: Option<(&OutputMap, usize)>,
 ) {
     debug_assert_eq!(input.len(), shape.in_sample_len());
     debug_assert_eq!(out.len(), shape.out_sample_len());
@@ -204,9 +209,20 @@ pub(super) fn convolve_sample(
         for j in 0..channels {
             let grid = &scratch.grid[j * grid_len..];
             let plane = &mut out[(first + j) * ho * wo..(first + j + 1) * ho * wo];
-            for (oy, row) in plane.chunks_exact_mut(wo).enumerate() {
-                for (value, &computed) in row.iter_mut().zip(&grid[oy * wp..oy * wp + wo]) {
-                    value.write(computed);
+            let rows = plane.chunks_exact_mut(wo).enumerate();
+            match map {
+                None => {
+                    for (oy, row) in rows {
+                        for (value, &computed) in row.iter_mut().zip(&grid[oy * wp..]) {
+                            value.write(computed);
+                        }
+                    }
+                }
+                Some((map, at)) => {
+                    for (oy, row) in rows {
+                        let at = at + ((first + j) * ho + oy) * wo;
+                        map.write(at, first + j, &grid[oy * wp..oy * wp + wo], row);
+                    }
                 }
             }
         }
