@@ -16,9 +16,10 @@ use ppcr::train::load_trained_model;
 
 const EPOCHS: usize = 4;
 
-fn train_args(run: &Path, resume: bool) -> Vec<String> {
+fn train_args(run: &Path, resume: bool, extra: &[&str]) -> Vec<String> {
     let mut args = common::tiny_train_args(run, EPOCHS);
     args.extend(["--seed".into(), "11".into()]);
+    args.extend(extra.iter().map(|arg| arg.to_string()));
     if resume {
         args.push("--resume".into());
     }
@@ -26,10 +27,10 @@ fn train_args(run: &Path, resume: bool) -> Vec<String> {
 }
 
 /// Start a run that pauses at `point`, wait until it is there, and SIGKILL it.
-fn kill_at(run: &Path, point: &str, resume: bool) {
+fn kill_at(run: &Path, point: &str, resume: bool, extra: &[&str]) {
     let marker = run.with_file_name(format!("paused-{}", point.replace(':', "-")));
     let mut child = Command::new(env!("CARGO_BIN_EXE_ppcr"))
-        .args(train_args(run, resume))
+        .args(train_args(run, resume, extra))
         .env(PAUSE_AT_VAR, point)
         .env(PAUSE_MARKER_VAR, &marker)
         .stdout(Stdio::null())
@@ -109,35 +110,46 @@ fn leftovers(run: &Path) -> Vec<String> {
 
 #[test]
 fn a_run_killed_at_any_point_resumes_to_the_uninterrupted_weights() {
+    killed_and_resumed(&[]);
+}
+
+/// A run that keeps a moving average of its weights resumes both the trained weights (for the
+/// steps to come) and the average (what it evaluates).
+#[test]
+fn a_run_averaging_its_weights_resumes_to_the_uninterrupted_average() {
+    killed_and_resumed(&["--ema-decay", "0.9"]);
+}
+
+fn killed_and_resumed(extra: &[&str]) {
     let folder = tempfile::tempdir().unwrap();
     let whole = folder.path().join("whole");
-    common::assert_success(&common::ppcr(train_args(&whole, false)));
+    common::assert_success(&common::ppcr(train_args(&whole, false, extra)));
 
     let run = folder.path().join("killed");
     // Mid-epoch: epoch 2 has taken a step; only epoch 1 is on disk.
-    kill_at(&run, "step:2:1", false);
+    kill_at(&run, "step:2:1", false, extra);
     assert_checkpoints_readable(&run);
     assert_eq!(pointer(&run, "latest"), "epoch-0001");
 
     // Mid-checkpoint: epoch 3's folder holds the model but not yet the optimizer.
-    kill_at(&run, "checkpoint:3", true);
+    kill_at(&run, "checkpoint:3", true, extra);
     assert_checkpoints_readable(&run);
     assert_eq!(pointer(&run, "latest"), "epoch-0002");
     let partial = run.join("checkpoints/.epoch-0003.partial");
     assert!(partial.join("model.bpk").is_file() && !partial.join("optimizer.bpk").exists());
 
     // Between the checkpoint and its pointer: epoch 3 is complete, `latest` still says 2.
-    kill_at(&run, "pointer:3", true);
+    kill_at(&run, "pointer:3", true, extra);
     let dirs = assert_checkpoints_readable(&run);
     assert_eq!(pointer(&run, "latest"), "epoch-0002");
     assert!(dirs.iter().any(|d| d.ends_with("epoch-0003")));
 
     // Mid-epoch again, in the last epoch.
-    kill_at(&run, "step:4:2", true);
+    kill_at(&run, "step:4:2", true, extra);
     assert_checkpoints_readable(&run);
     assert_eq!(pointer(&run, "latest"), "epoch-0003");
 
-    common::assert_success(&common::ppcr(train_args(&run, true)));
+    common::assert_success(&common::ppcr(train_args(&run, true, extra)));
     assert_checkpoints_readable(&run);
     assert_eq!(pointer(&run, "latest"), "epoch-0004");
     assert_eq!(leftovers(&run), Vec::<String>::new());
@@ -148,6 +160,19 @@ fn a_run_killed_at_any_point_resumes_to_the_uninterrupted_weights() {
         a == b,
         "the resumed run's weights differ from the uninterrupted run's"
     );
+    let has_live = |run: &Path| run.join("checkpoints/epoch-0004/live.bpk").is_file();
+    assert_eq!(has_live(&whole), !extra.is_empty());
+    assert_eq!(has_live(&run), !extra.is_empty());
+    assert!(
+        common::latest_live_weights(&whole) == common::latest_live_weights(&run),
+        "the resumed run's trained weights differ from the uninterrupted run's"
+    );
+    if has_live(&whole) {
+        assert!(
+            common::latest_live_weights(&whole) != a,
+            "the average is the trained weights"
+        );
+    }
     let test_metrics = |run: &Path| {
         let text = std::fs::read_to_string(run.join("metrics.json")).unwrap();
         serde_json::from_str::<serde_json::Value>(&text).unwrap()["test"].clone()

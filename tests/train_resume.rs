@@ -164,3 +164,41 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
         .to_string();
     assert!(error.contains("lr"), "{error}");
 }
+
+/// `select_on = last` keeps the last epoch whatever validation says, and with a moving average
+/// of the weights the average is what validation scored and what the run keeps.
+#[test]
+fn the_last_epoch_of_the_average_is_what_a_run_without_selection_keeps() {
+    let dataset = small_breastmnist();
+    let folder = tempfile::tempdir().unwrap();
+    let run = folder.path().join("run");
+    let config = TrainConfig {
+        select_on: ppcr::runfiles::SelectionMetric::Last,
+        ema_decay: 0.9,
+        ..config()
+    };
+    let outcome = train(
+        &config,
+        &dataset,
+        &run,
+        false,
+        &Device::flex(),
+        &mut NoObserver,
+    )
+    .unwrap();
+    assert_eq!(outcome.best_epoch, 3);
+    let pointer = |name: &str| std::fs::read_to_string(run.join("checkpoints").join(name)).unwrap();
+    assert_eq!(pointer("best"), pointer("latest"));
+    let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
+    let header: Vec<&str> = log.lines().next().unwrap().split(',').collect();
+    let last: Vec<&str> = log.lines().last().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let logged_val_loss: f64 = last[column("val_loss")].parse().unwrap();
+    // The final evaluation of the kept weights scores validation as the last epoch did.
+    assert!(
+        (outcome.val.loss - logged_val_loss).abs() < 1e-9,
+        "{} vs {logged_val_loss}",
+        outcome.val.loss
+    );
+    assert!(common::latest_live_weights(&run) != common::latest_weights(&run));
+}

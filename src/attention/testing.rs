@@ -115,6 +115,15 @@ impl ModuleMapper for SeededParameters {
     }
 }
 
+/// `module` with every float tensor (parameters and running statistics) replaced by values
+/// seeded from `seed`: two seeds give two modules with the same parameter ids and different
+/// values, whatever other tests do with the shared random generator.
+pub fn with_seeded_parameters<M: Module>(module: M, seed: u64) -> M {
+    module.map(&mut SeededParameters {
+        next_seed: seed * 100_000,
+    })
+}
+
 /// `sum(output * probe)` accumulated in f64, so rounding in the sum does not swamp the
 /// finite differences.
 fn probed_loss(output: Tensor<4>, probe: &[f32]) -> f64 {

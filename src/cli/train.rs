@@ -95,6 +95,11 @@ pub struct TrainSettings {
     /// Temperature of the contrastive loss [default: 0.07; needs --supcon-weight].
     #[arg(long, value_name = "T")]
     supcon_temperature: Option<f64>,
+    /// Keep an exponential moving average of the weights with this decay per step (e.g.
+    /// 0.99), and validate, select and keep the average instead of the trained weights
+    /// [default: 0 = off].
+    #[arg(long, value_name = "D")]
+    ema_decay: Option<f64>,
     /// Start from pretrained weights: a torchvision checkpoint (.pth/.pt state dict or
     /// .safetensors of resnet18/34/50) or a run folder (of `ppcr import` or `ppcr train`). A new
     /// classifier where the classes differ; attention units start from their own initialisation.
@@ -111,8 +116,8 @@ pub struct TrainSettings {
     /// Turn augmentation off.
     #[arg(long)]
     no_augment: bool,
-    /// Validation metric that picks the best checkpoint: auc, accuracy, balanced_accuracy, loss
-    /// [default: auc].
+    /// Validation metric that picks the best checkpoint: auc, accuracy, balanced_accuracy, loss,
+    /// or last (no choice: the last epoch) [default: auc].
     #[arg(long)]
     select_on: Option<String>,
     /// Per-epoch log format: csv or jsonl [default: csv].
@@ -233,6 +238,9 @@ pub fn resolve_config(
     if let Some(temperature) = args.supcon_temperature {
         config.supcon_temperature = temperature;
     }
+    if let Some(decay) = args.ema_decay {
+        config.ema_decay = decay;
+    }
     if let Some(pretrained) = &args.pretrained {
         config.pretrained = Some(pretrained.clone());
     }
@@ -305,9 +313,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         &mut progress,
     )?;
     out!(
-        "\nbest epoch {} (chosen on validation {:?}); run folder {}",
+        "\nbest epoch {} ({}); run folder {}",
         outcome.best_epoch,
-        config.select_on,
+        config.select_on.choice(),
         out.display()
     );
     out!("\ntest metrics ({} images):", dataset.test.len());

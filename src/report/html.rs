@@ -271,13 +271,7 @@ fn note(text: &str) -> String {
 }
 
 fn selection_name(metric: Option<SelectionMetric>) -> &'static str {
-    match metric {
-        Some(SelectionMetric::Auc) => "validation AUC",
-        Some(SelectionMetric::Accuracy) => "validation accuracy",
-        Some(SelectionMetric::BalancedAccuracy) => "validation balanced accuracy",
-        Some(SelectionMetric::Loss) => "validation loss",
-        None => "validation",
-    }
+    metric.map_or("chosen on validation", SelectionMetric::choice)
 }
 
 fn epoch_series(name: &str, log: &[EpochRecord], value: fn(&EpochRecord) -> Option<f64>) -> Series {
@@ -314,7 +308,7 @@ fn run_section(run: &RunSource) -> Result<String, ReportError> {
         (
             "best epoch",
             format!(
-                "{} of {} (chosen on {})",
+                "{} of {} ({})",
                 metrics.best_epoch,
                 metrics.epochs,
                 selection_name(metrics.selected_on)

@@ -1,5 +1,5 @@
 //! The checkpoint of a completed epoch (`checkpoints/epoch-NNNN/`: `model.bpk`,
-//! `optimizer.bpk`, `state.json`), written so that a crash at any moment leaves every
+//! `optimizer.bpk`, `state.json`, and `live.bpk` in a run that averages its weights), written so that a crash at any moment leaves every
 //! checkpoint on disk readable, and read back with checks that turn a damaged or mismatched
 //! file into an error naming it instead of a panic or NaN mid-training.
 //!
@@ -22,14 +22,22 @@ use super::pause::pause_point;
 use super::{RunDir, RunFileError, TrainState};
 use crate::models::ResNet;
 
+/// The weights an epoch is evaluated with: what `predict`, `eval`, `explain` and `export` read.
+const WEIGHTS_FILE: &str = "model.bpk";
+/// The trained weights themselves, where they differ from [`WEIGHTS_FILE`] (a run that keeps a
+/// moving average of its weights evaluates the average): what `--resume` trains on from.
+const LIVE_WEIGHTS_FILE: &str = "live.bpk";
+
 /// The checkpoint folder of imported weights (see [`RunDir::save_weights`]).
 const IMPORTED: &str = "imported";
 
 impl RunDir {
-    /// Save a completed epoch; `is_best` also moves the `best` pointer to it.
+    /// Save a completed epoch: the trained `model` and, in a run that evaluates a moving
+    /// average of its weights, that `average`; `is_best` also moves the `best` pointer to it.
     pub fn save_epoch(
         &self,
         model: &ResNet,
+        average: Option<&ResNet>,
         optimizer: &ModuleOptimizer,
         state: &TrainState,
         is_best: bool,
@@ -43,7 +51,7 @@ impl RunDir {
                 .map_err(|e| RunFileError::io(&partial, "cannot clear", e))?;
         }
         fs::create_dir_all(&partial).map_err(|e| RunFileError::write(&partial, e))?;
-        let written = self.write_epoch_files(&partial, model, optimizer, state);
+        let written = self.write_epoch_files(&partial, model, average, optimizer, state);
         if written.is_err() {
             // A half-written folder is never read, but on a full disk it holds the space the
             // user needs back.
@@ -83,7 +91,7 @@ impl RunDir {
             .into_record()
             .into_bytes()
             .map_err(|e| RunFileError::io(&partial, "cannot serialise the model", e))?;
-        let written = self.write_file(&partial.join("model.bpk"), &bytes);
+        let written = self.write_file(&partial.join(WEIGHTS_FILE), &bytes);
         if written.is_err() {
             let _ = fs::remove_dir_all(&partial);
         }
@@ -103,26 +111,33 @@ impl RunDir {
         &self,
         partial: &Path,
         model: &ResNet,
+        average: Option<&ResNet>,
         optimizer: &ModuleOptimizer,
         state: &TrainState,
     ) -> Result<(), RunFileError> {
-        let model_bytes = model
-            .clone()
-            .into_record()
-            .into_bytes()
-            .map_err(|e| RunFileError::io(partial, "cannot serialise the model", e))?;
+        let serialise = |model: &ResNet| {
+            model
+                .clone()
+                .into_record()
+                .into_bytes()
+                .map_err(|e| RunFileError::io(partial, "cannot serialise the model", e))
+        };
+        if average.is_some() {
+            self.write_file(&partial.join(LIVE_WEIGHTS_FILE), &serialise(model)?)?;
+        }
+        let model_bytes = serialise(average.unwrap_or(model))?;
         let optimizer_bytes = optimizer
             .to_record()
             .into_bytes()
             .map_err(|e| RunFileError::io(partial, "cannot serialise the optimizer", e))?;
         let state_json = serde_json::to_vec_pretty(state).expect("state serialises");
         for (file, bytes) in [
-            ("model.bpk", &model_bytes[..]),
+            (WEIGHTS_FILE, &model_bytes[..]),
             ("optimizer.bpk", &optimizer_bytes[..]),
             ("state.json", &state_json[..]),
         ] {
             self.write_file(&partial.join(file), bytes)?;
-            if file == "model.bpk" {
+            if file == WEIGHTS_FILE {
                 pause_point(|| format!("checkpoint:{}", state.epochs_completed));
             }
         }
@@ -146,11 +161,23 @@ impl RunDir {
         Ok(())
     }
 
-    /// Load the model weights of the `latest` or `best` checkpoint into `model`.
+    /// Load the weights the `latest` or `best` checkpoint is evaluated with into `model` (the
+    /// moving average, in a run that keeps one).
     pub fn load_model(&self, model: ResNet, pointer: &str) -> Result<ResNet, RunFileError> {
-        let path = self.epoch_dir(pointer)?.join("model.bpk");
+        let path = self.epoch_dir(pointer)?.join(WEIGHTS_FILE);
         let bytes = fs::read(&path).map_err(|e| RunFileError::io(&path, "cannot read", e))?;
         load_model_bytes(model, bytes, &path)
+    }
+
+    /// Load the trained weights of the `latest` checkpoint into `model`, to train on from: the
+    /// same as [`RunDir::load_model`] unless the run keeps a moving average of its weights.
+    pub fn load_live_model(&self, model: ResNet) -> Result<ResNet, RunFileError> {
+        let live = self.epoch_dir("latest")?.join(LIVE_WEIGHTS_FILE);
+        if !live.exists() {
+            return self.load_model(model, "latest");
+        }
+        let bytes = fs::read(&live).map_err(|e| RunFileError::io(&live, "cannot read", e))?;
+        load_model_bytes(model, bytes, &live)
     }
 
     /// Load the optimizer state and training state of the `latest` checkpoint; the optimizer

@@ -21,6 +21,21 @@ pub enum SelectionMetric {
     BalancedAccuracy,
     /// Validation loss (lower is better).
     Loss,
+    /// No choice: the last epoch's weights (validation is still scored and logged every epoch).
+    Last,
+}
+
+impl SelectionMetric {
+    /// How the kept epoch was chosen, for messages and reports: "chosen on validation AUC".
+    pub fn choice(self) -> &'static str {
+        match self {
+            SelectionMetric::Auc => "chosen on validation AUC",
+            SelectionMetric::Accuracy => "chosen on validation accuracy",
+            SelectionMetric::BalancedAccuracy => "chosen on validation balanced accuracy",
+            SelectionMetric::Loss => "chosen on validation loss",
+            SelectionMetric::Last => "the last epoch, not chosen on validation",
+        }
+    }
 }
 
 /// `metrics.json` of a finished run. Fields that runs of earlier ppcr versions did not write

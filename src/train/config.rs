@@ -71,6 +71,11 @@ pub struct TrainConfig {
     pub std: Option<Vec<f32>>,
     /// Validation metric that picks the best checkpoint.
     pub select_on: SelectionMetric,
+    /// Decay of an exponential moving average of the weights, updated after every step; the
+    /// average is what validation scores and the run keeps (0 = off: the trained weights).
+    /// Absent from a saved run's config, it is 0: runs of earlier versions kept no average.
+    #[serde(default)]
+    pub ema_decay: f64,
     /// Per-epoch log format.
     pub log_format: LogFormat,
     /// What to do with an unreadable image file: `fail` (default) or `skip` with a warning.
@@ -128,6 +133,7 @@ impl Default for TrainConfig {
             mean: None,
             std: None,
             select_on: SelectionMetric::Auc,
+            ema_decay: 0.0,
             log_format: LogFormat::Csv,
             on_bad_file: BadFilePolicy::default(),
             val_fraction: 0.1,
@@ -196,6 +202,12 @@ impl TrainConfig {
                 "supcon_temperature applies to the contrastive loss: give supcon_weight > 0 too"
                     .into(),
             );
+        }
+        if !(self.ema_decay.is_finite() && (0.0..1.0).contains(&self.ema_decay)) {
+            problems.push(format!(
+                "ema_decay must be 0 (off) or between 0 and 1 (e.g. 0.99), not {}",
+                self.ema_decay
+            ));
         }
         if !(self.backbone_lr_factor.is_finite() && self.backbone_lr_factor > 0.0) {
             problems.push(format!(

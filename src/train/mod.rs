@@ -5,6 +5,7 @@
 
 mod config;
 mod data_parallel;
+mod ema;
 mod evaluate;
 mod import;
 mod observer;

@@ -9,17 +9,18 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{ModuleOptimizer, SgdConfig};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use super::data_parallel::{BatchGradients, DataParallel, StepStats};
+use super::ema::WeightAverage;
 use super::evaluate::{SplitEvaluation, evaluate_split};
 use super::param_groups::BackboneGroup;
 use super::prefetch::EpochBatches;
@@ -197,6 +198,15 @@ fn differences_except(saved: &TrainConfig, given: &TrainConfig, allowed: &[&str]
         .collect()
 }
 
+/// Visits every parameter, which makes burn draw the values of lazily initialised ones.
+struct DrawInitialValues;
+
+impl ModuleVisitor for DrawInitialValues {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
 fn selection_score(metric: SelectionMetric, evaluation: &SplitEvaluation) -> f64 {
     let report = &evaluation.report;
     match metric {
@@ -204,6 +214,8 @@ fn selection_score(metric: SelectionMetric, evaluation: &SplitEvaluation) -> f64
         SelectionMetric::Accuracy => report.accuracy,
         SelectionMetric::BalancedAccuracy => report.balanced_accuracy,
         SelectionMetric::Loss => -evaluation.loss,
+        // Not compared: every epoch replaces the one before it (see `is_best`).
+        SelectionMetric::Last => 0.0,
     }
 }
 
@@ -345,8 +357,19 @@ pub fn train_on(
 
     let train_devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
     let train_device = train_devices[0].clone();
-    train_device.seed(config.seed);
-    let mut model = model_config.init(&train_device)?;
+    let mut model = {
+        // Seeding and initialising draw on the backend's one generator: two runs in one
+        // process (threads of a library user, tests) must not interleave between them. burn
+        // draws a parameter's values on its first use, so they are all drawn here.
+        static SEED_AND_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = SEED_AND_INIT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        train_device.seed(config.seed);
+        let model = model_config.init(&train_device)?;
+        model.visit(&mut DrawInitialValues);
+        model
+    };
     let params = model.num_params_without_projection();
     let mut optim = optimizer(config);
     let mut state = TrainState::default();
@@ -379,7 +402,7 @@ pub fn train_on(
         )
     });
     if resuming {
-        model = run.load_model(model, "latest")?;
+        model = run.load_live_model(model)?;
         (optim, state) = run.load_training_state(optim, &model)?;
         if state.epochs_completed > config.epochs {
             return Err(TrainError::Config(format!(
@@ -422,6 +445,17 @@ pub fn train_on(
     // Drop the last incomplete batch: a batch of one breaks BatchNorm's statistics.
     let steps_per_epoch = (train_size / batch_size).max(1);
     let total_steps = steps_per_epoch * config.epochs;
+    let mut average = if config.ema_decay > 0.0 {
+        let start = if resuming {
+            &run.load_model(model.clone(), "latest")?
+        } else {
+            &model
+        };
+        let updates = state.epochs_completed * steps_per_epoch;
+        Some(WeightAverage::new(config.ema_decay, start, updates))
+    } else {
+        None
+    };
     let image_dims = [shape.channels, shape.height, shape.width];
     let mut summary = format!(
         "{} + {} ({} parameters) on {} [{} train / {} val / {} test, {} classes, {}x{}x{}]",
@@ -506,6 +540,9 @@ pub fn train_on(
                         Some(group) => group.step(&mut optim, lr, epoch, stepped, grads),
                         None => optim.step(lr, stepped, grads),
                     };
+                    if let Some(average) = average.as_mut() {
+                        average.update(&model);
+                    }
                     running = running.add(stats);
                     seen += labels.len();
                     let last = step + 1 == steps_per_epoch;
@@ -536,8 +573,9 @@ pub fn train_on(
             })?;
         model = stepped;
         let train_seconds = epoch_started.elapsed().as_secs_f64();
+        let averaged = average.as_ref().map(|a| a.apply_to(model.clone()));
         let val = evaluate_split(
-            &model,
+            averaged.as_ref().unwrap_or(&model),
             &dataset.val,
             &normalization,
             num_classes,
@@ -545,7 +583,8 @@ pub fn train_on(
             device,
         )?;
         let score = selection_score(config.select_on, &val);
-        let is_best = state.best_score.is_none_or(|best| score > best);
+        let is_best = config.select_on == SelectionMetric::Last
+            || state.best_score.is_none_or(|best| score > best);
         if is_best {
             state.best_score = Some(score);
             state.best_epoch = Some(epoch + 1);
@@ -566,7 +605,7 @@ pub fn train_on(
         };
         state.epochs_completed = epoch + 1;
         state.history.push(record.clone());
-        run.save_epoch(&model, &optim, &state, is_best)?;
+        run.save_epoch(&model, averaged.as_ref(), &optim, &state, is_best)?;
         write_log(run.root(), config.log_format, &state.history)?;
         observer.on_epoch(&record, is_best);
         if epoch + 1 < config.epochs && observer.should_stop() {

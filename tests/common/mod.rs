@@ -111,6 +111,19 @@ impl ModuleVisitor for CollectWeights {
 pub fn latest_weights(run: &Path) -> Vec<Vec<f32>> {
     let (model, _) =
         load_trained_model(&RunDir::open(run).unwrap(), "latest", &Device::flex()).unwrap();
+    weights(&model)
+}
+
+/// The trained weights of a run's `latest` checkpoint (not the moving average a run that keeps
+/// one evaluates), every float tensor flattened.
+pub fn latest_live_weights(run: &Path) -> Vec<Vec<f32>> {
+    let dir = RunDir::open(run).unwrap();
+    let (model, _) = load_trained_model(&dir, "latest", &Device::flex()).unwrap();
+    weights(&dir.load_live_model(model).unwrap())
+}
+
+/// Every float tensor of `model`, flattened.
+pub fn weights(model: &ppcr::models::ResNet) -> Vec<Vec<f32>> {
     let mut weights = CollectWeights(Vec::new());
     model.visit(&mut weights);
     weights.0
