@@ -55,6 +55,17 @@ pub trait AttentionUnit: Sized {
         None
     }
 
+    /// `relu(forward(x) + residual)`, the end of a residual block, where the unit computes it
+    /// in one pass on these tensors (a kernel that adds as it writes); `None` leaves the add
+    /// to the caller.
+    fn try_forward_add_relu(
+        &self,
+        _x: &Tensor<4>,
+        _residual: &Tensor<4>,
+    ) -> Option<Result<Tensor<4>, AttentionError>> {
+        None
+    }
+
     /// Append the unit's inference-time computation to `graph` as standard ONNX operators,
     /// from the value `x` (`[N, C, H, W]`, `shape = [C, H, W]`); returns the output's name, or
     /// refuses by the unit's name where it has no ONNX form.
@@ -247,6 +258,13 @@ impl AttentionUnit for Ppcr {
     fn fixed_input_size(&self) -> Option<[usize; 2]> {
         (!self.resize_to_input).then(|| self.spatial_size())
     }
+    fn try_forward_add_relu(
+        &self,
+        x: &Tensor<4>,
+        residual: &Tensor<4>,
+    ) -> Option<Result<Tensor<4>, AttentionError>> {
+        Ppcr::try_forward_add_relu(self, x, residual)
+    }
     fn to_onnx(
         &self,
         graph: &mut OnnxGraph,
@@ -356,6 +374,21 @@ macro_rules! attention_units {
                 match self {
                     $(Attention::$variant(unit) => AttentionUnit::fixed_input_size(unit),)*
                 }
+            }
+
+            /// `relu(forward(x) + residual)` in one pass where the unit has a kernel for it
+            /// (see [`AttentionUnit::try_forward_add_relu`]); panics where `forward` would.
+            pub fn forward_add_relu(
+                &self,
+                x: &Tensor<4>,
+                residual: &Tensor<4>,
+            ) -> Option<Tensor<4>> {
+                let fused = match self {
+                    $(Attention::$variant(unit) => {
+                        AttentionUnit::try_forward_add_relu(unit, x, residual)
+                    })*
+                };
+                fused.map(|result| result.unwrap_or_else(|error| panic!("{error}")))
             }
 
             /// The unit's spatial attention map `[B, 1, H, W]`, where it has one.

@@ -142,6 +142,34 @@ impl Ppcr {
         Ok(self.tensor_forward_with(x, weights))
     }
 
+    /// `relu(self.forward(x) + residual)`, the end of a residual block, in one pass over the
+    /// map where the CPU kernel takes these tensors (plain Flex, inference): `None` where it
+    /// does not, for the caller to add. An error where `x` does not fit the unit.
+    pub fn try_forward_add_relu(
+        &self,
+        x: &Tensor<4>,
+        residual: &Tensor<4>,
+    ) -> Option<Result<Tensor<4>, AttentionError>> {
+        let weights = match self
+            .check_shape(x)
+            .and_then(|[_, height, width]| self.weights_for([height, width]))
+        {
+            Ok(weights) => weights,
+            Err(error) => return Some(Err(error)),
+        };
+        let takes_kernel = self.levels <= ppcr_fused::MAX_LEVELS
+            && ppcr_fused::residual_available(x, &weights, residual);
+        takes_kernel.then(|| {
+            Ok(ppcr_fused::recalibrate_add_relu(
+                x.clone(),
+                weights,
+                residual.clone(),
+                self.levels,
+                self.epsilon,
+            ))
+        })
+    }
+
     /// The forward pass composed of burn tensor operations (the factorised formulation of
     /// [`Ppcr::try_attention_map`] times `x`): what backends without the fused kernel run, and
     /// what the fused kernel's values and gradients are tested against.

@@ -308,8 +308,12 @@ impl ResidualBlock {
         } else {
             None
         };
-        let recalibrated = attention.forward(branch);
-        (layers::add_relu(recalibrated, shortcut.forward(x)), map)
+        let shortcut = shortcut.forward(x);
+        let features = match attention.forward_add_relu(&branch, &shortcut) {
+            Some(features) => features,
+            None => layers::add_relu(attention.forward(branch), shortcut),
+        };
+        (features, map)
     }
 
     /// The block's attention unit.

@@ -35,7 +35,7 @@ use rayon::prelude::*;
 
 use super::common::{
     assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
-    on_flex_f32, sigmoid, unwritten, writable_contiguous,
+    on_flex_f32, relu, sigmoid, unwritten, writable_contiguous,
 };
 use crate::kernels::pyramid::{group_start, pyramid_maps};
 
@@ -73,6 +73,67 @@ pub fn recalibrate(x: Tensor<4>, weights: Tensor<3>, levels: usize, epsilon: f64
     Tensor::from_dispatch(output)
 }
 
+/// The recalibration followed by the end of a residual block, `relu(X * A + residual)`, as one
+/// pass on plain Flex tensors (inference): the recalibrated map is never written on its own.
+#[backend_extension(Flex)]
+pub trait PpcrResidualOps: Backend {
+    /// `relu(ppcr_recalibrate(x, weights) + residual)`, `residual` of `x`'s shape.
+    fn ppcr_recalibrate_add_relu(
+        x: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        levels: usize,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+}
+
+/// Whether [`recalibrate_add_relu`] can run on these tensors: plain (not autodiff) Flex `f32`
+/// tensors, the residual of `x`'s shape.
+pub fn residual_available(x: &Tensor<4>, weights: &Tensor<3>, residual: &Tensor<4>) -> bool {
+    fused_available(x, weights)
+        && on_flex_f32(residual)
+        && !x.device().is_autodiff()
+        && x.dims() == residual.dims()
+}
+
+/// `relu(recalibrate(x, weights) + residual)` in one pass; the caller checks
+/// [`residual_available`] and what [`recalibrate`] needs.
+pub fn recalibrate_add_relu(
+    x: Tensor<4>,
+    weights: Tensor<3>,
+    residual: Tensor<4>,
+    levels: usize,
+    epsilon: f64,
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as PpcrResidualOps>::ppcr_recalibrate_add_relu(
+        x.into_dispatch(),
+        weights.into_dispatch(),
+        residual.into_dispatch(),
+        levels,
+        epsilon,
+    ))
+}
+
+impl PpcrResidualOps for Flex {
+    fn ppcr_recalibrate_add_relu(
+        x: FlexTensor,
+        weights: FlexTensor,
+        residual: FlexTensor,
+        levels: usize,
+        epsilon: f64,
+    ) -> FlexTensor {
+        let residual = contiguous_values(&residual);
+        forward(
+            &x,
+            &weights,
+            levels,
+            epsilon,
+            ForwardExtra::AddRelu(&residual),
+        )
+        .0
+    }
+}
+
 impl PpcrOps for Flex {
     fn ppcr_recalibrate(
         x: FlexTensor,
@@ -80,7 +141,7 @@ impl PpcrOps for Flex {
         levels: usize,
         epsilon: f64,
     ) -> FlexTensor {
-        forward(&x, &weights, levels, epsilon, false).0
+        forward(&x, &weights, levels, epsilon, ForwardExtra::None).0
     }
 }
 
@@ -103,7 +164,8 @@ impl<C: CheckpointStrategy> PpcrOps for Autodiff<Flex, C> {
             // it reads `x` for the attention gradient anyway; it is handed the rest of the
             // per-pixel context (a few values per pixel, against `C` of `x`).
             OpsKind::Tracked(prep) => {
-                let (output, context) = forward(&x, &weights, levels, epsilon, true);
+                let (output, context) =
+                    forward(&x, &weights, levels, epsilon, ForwardExtra::KeepContext);
                 let state = SavedInputs {
                     x,
                     weights,
@@ -114,7 +176,7 @@ impl<C: CheckpointStrategy> PpcrOps for Autodiff<Flex, C> {
                 prep.finish(state, output)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(forward(&x, &weights, levels, epsilon, false).0)
+                prep.finish(forward(&x, &weights, levels, epsilon, ForwardExtra::None).0)
             }
         }
     }
@@ -442,11 +504,13 @@ fn dims_of(x: &FlexTensor, weights: &FlexTensor, levels: usize) -> Dims {
 }
 
 dispatch_vector_width! {
-    /// `out = sample * A` for one sample (`[C, P]`), tile by tile; unless `context` is empty,
-    /// also the sample's per-pixel context (see [`ContextRow`]).
+    /// `out = sample * A` for one sample (`[C, P]`), tile by tile, or `relu(sample * A +
+    /// residual)` unless `residual` is empty; unless `context` is empty, also the sample's
+    /// per-pixel context (see [`ContextRow`]).
     fn forward_sample => forward_sample_any_depth(
         inputs: &KernelInputs,
         sample: &[f32],
+        residual: &[f32],
         out: &mut [std::mem::MaybeUninit<f32>],
         context: &mut [f32],
         scratch: &mut Scratch,
@@ -481,13 +545,14 @@ impl KernelInputs<'_> {
 fn forward_sample_any_depth(
     inputs: &KernelInputs,
     sample: &[f32],
+    residual: &[f32],
     out: &mut [std::mem::MaybeUninit<f32>],
     context: &mut [f32],
     scratch: &mut Scratch,
 ) {
     for_pyramid_depth!(
         inputs.pyramid.finest_groups,
-        forward_sample_generic(inputs, sample, out, context, scratch)
+        forward_sample_generic(inputs, sample, residual, out, context, scratch)
     )
 }
 
@@ -495,6 +560,7 @@ fn forward_sample_any_depth(
 fn forward_sample_generic<const N: usize, const M: usize>(
     inputs: &KernelInputs,
     sample: &[f32],
+    residual: &[f32],
     out: &mut [std::mem::MaybeUninit<f32>],
     context: &mut [f32],
     scratch: &mut Scratch,
@@ -531,12 +597,19 @@ fn forward_sample_generic<const N: usize, const M: usize>(
         let attention = &scratch.attention[..len];
         for channel in 0..pyramid.group_of_channel.len() {
             let range = channel * pixels + start..channel * pixels + start + len;
-            for ((y, x), a) in out[range.clone()]
+            let products = out[range.clone()]
                 .iter_mut()
-                .zip(&sample[range])
-                .zip(attention)
-            {
-                y.write(x * a);
+                .zip(&sample[range.clone()])
+                .zip(attention);
+            if residual.is_empty() {
+                for ((y, x), a) in products {
+                    y.write(x * a);
+                }
+            } else {
+                // As the residual kernel computes `relu(y + r)` from the unit's `y = x * a`.
+                for (((y, x), a), r) in products.zip(&residual[range]) {
+                    y.write(relu(x * a + r));
+                }
             }
         }
     }
@@ -566,14 +639,24 @@ impl ContextRow {
     }
 }
 
-/// `Y = X * A`, one rayon task per sample; with `keep_context`, also the per-pixel context
-/// ([`ContextRow`]) the backward step reads.
+/// What the forward pass does besides `Y = X * A`.
+enum ForwardExtra<'a> {
+    /// Nothing.
+    None,
+    /// Keep the per-pixel context ([`ContextRow`]) the backward step reads.
+    KeepContext,
+    /// End a residual block: `relu(X * A + residual)`, `residual` shaped as `X`.
+    AddRelu(&'a [f32]),
+}
+
+/// `Y = X * A`, one rayon task per sample, with the `extra` it is asked for; returns the
+/// output and the context where kept.
 fn forward(
     x: &FlexTensor,
     weights: &FlexTensor,
     levels: usize,
     epsilon: f64,
-    keep_context: bool,
+    extra: ForwardExtra,
 ) -> (FlexTensor, Option<FlexTensor>) {
     let Dims {
         batch,
@@ -598,24 +681,41 @@ fn forward(
         .par_chunks_mut(sample_len.max(1))
         .zip(values.par_chunks(sample_len.max(1)));
     let new_scratch = || Scratch::new(&pyramid, tile);
-    let context = if keep_context {
-        let context_len = CONTEXT_ROWS * inputs.context_stride();
-        let mut context = vec![0.0f32; batch * context_len];
-        samples
-            .zip(context.par_chunks_mut(context_len.max(1)))
-            .with_min_len(items_per_task(sample_len))
-            .for_each_init(new_scratch, |scratch, ((out, sample), context)| {
-                forward_sample(&inputs, sample, out, context, scratch)
-            });
-        let context_shape = Shape::new([batch, CONTEXT_ROWS, inputs.context_stride()]);
-        Some(flex_tensor(context, context_shape))
-    } else {
-        samples
-            .with_min_len(items_per_task(sample_len))
-            .for_each_init(new_scratch, |scratch, (out, sample)| {
-                forward_sample(&inputs, sample, out, &mut [], scratch)
-            });
-        None
+    let context = match extra {
+        ForwardExtra::KeepContext => {
+            let context_len = CONTEXT_ROWS * inputs.context_stride();
+            let mut context = vec![0.0f32; batch * context_len];
+            samples
+                .zip(context.par_chunks_mut(context_len.max(1)))
+                .with_min_len(items_per_task(sample_len))
+                .for_each_init(new_scratch, |scratch, ((out, sample), context)| {
+                    forward_sample(&inputs, sample, &[], out, context, scratch)
+                });
+            let context_shape = Shape::new([batch, CONTEXT_ROWS, inputs.context_stride()]);
+            Some(flex_tensor(context, context_shape))
+        }
+        ForwardExtra::AddRelu(residual) => {
+            assert_eq!(
+                residual.len(),
+                values.len(),
+                "ppcr_recalibrate_add_relu: the residual is not the input's shape"
+            );
+            samples
+                .zip(residual.par_chunks(sample_len.max(1)))
+                .with_min_len(items_per_task(sample_len))
+                .for_each_init(new_scratch, |scratch, ((out, sample), residual)| {
+                    forward_sample(&inputs, sample, residual, out, &mut [], scratch)
+                });
+            None
+        }
+        ForwardExtra::None => {
+            samples
+                .with_min_len(items_per_task(sample_len))
+                .for_each_init(new_scratch, |scratch, (out, sample)| {
+                    forward_sample(&inputs, sample, &[], out, &mut [], scratch)
+                });
+            None
+        }
     };
     // SAFETY: `forward_sample` writes every channel of every pixel of its sample.
     let output = flex_tensor(unsafe { assume_written(output) }, shape);
@@ -909,6 +1009,38 @@ mod tests {
         }
     }
 
+    /// The recalibration with the residual add and ReLU in its pass gives the bits of the unit
+    /// followed by the residual kernel.
+    #[test]
+    fn the_residual_end_in_the_same_pass_gives_the_separate_kernels_bits() {
+        let device = device();
+        for (index, (batch, channels, size, levels)) in SHAPES.into_iter().enumerate() {
+            let seed = index as u64 * 5 + 2;
+            let ppcr = unit(channels, size, levels, seed, &device);
+            let x = random_tensor([batch, channels, size[0], size[1]], seed + 1, &device);
+            let residual = random_tensor([batch, channels, size[0], size[1]], seed + 2, &device);
+            let weights = ppcr.pixel_context_weights.val();
+            assert!(residual_available(&x, &weights, &residual));
+            let fused = recalibrate_add_relu(x.clone(), weights, residual.clone(), levels, 1e-5);
+            let separate = crate::kernels::cpu::residual::add_relu(ppcr.forward(x), residual);
+            let (fused, separate) = (values(fused), values(separate));
+            assert!(fused.contains(&0.0) && fused.iter().any(|&v| v > 0.0));
+            assert_eq!(
+                fused, separate,
+                "B={batch} C={channels} {size:?} L={levels}"
+            );
+        }
+        let autodiff = device.autodiff();
+        let x = random_tensor([1, 12, 2, 2], 1, &autodiff);
+        let weights = unit(12, [2, 2], 4, 1, &autodiff)
+            .pixel_context_weights
+            .val();
+        assert!(
+            !residual_available(&x, &weights, &x),
+            "autodiff takes the unit and the add"
+        );
+    }
+
     #[test]
     fn fused_forward_with_zero_weights_is_exactly_half_the_input() {
         let device = device();
@@ -996,6 +1128,7 @@ mod tests {
             type ForwardKernel = fn(
                 &KernelInputs,
                 &[f32],
+                &[f32],
                 &mut [std::mem::MaybeUninit<f32>],
                 &mut [f32],
                 &mut Scratch,
@@ -1009,7 +1142,7 @@ mod tests {
                     .zip(x.chunks(sample_len))
                     .zip(context.chunks_mut(context_len))
                 {
-                    kernel(&inputs, sample, out, context, &mut scratch);
+                    kernel(&inputs, sample, &[], out, context, &mut scratch);
                 }
                 // SAFETY: the kernel writes every sample.
                 (unsafe { assume_written(out) }, context)
