@@ -43,8 +43,8 @@ pub struct TrainSettings {
     /// change the --recipe's (or the default) settings, and flags change both.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// A named configuration to start from: default (PPCR ResNet-20, 40 epochs, SGD lr 0.05,
-    /// cosine) or paper (the PPCR authors' ISIC 2018 recipe: PPCR ResNet-18 at 224 px, 150
+    /// A named configuration to start from: default (PPCR ResNet-20, 80 epochs, SGD lr 0.05,
+    /// cosine, the last epoch kept) or paper (the PPCR authors' ISIC 2018 recipe: PPCR ResNet-18 at 224 px, 150
     /// epochs, SGD lr 0.0025 x0.2 every 25 epochs, momentum 0.9, weight decay 1e-4, batch 32,
     /// random resized crop 0.2-1, colour jitter 0.4 p 0.8, rotation 45, Gaussian blur p 0.5,
     /// flip, ImageNet mean/std).
@@ -117,7 +117,7 @@ pub struct TrainSettings {
     #[arg(long)]
     no_augment: bool,
     /// Validation metric that picks the best checkpoint: auc, accuracy, balanced_accuracy, loss,
-    /// or last (no choice: the last epoch) [default: auc].
+    /// or last (no choice: the last epoch) [default: last].
     #[arg(long)]
     select_on: Option<String>,
     /// Per-epoch log format: csv or jsonl [default: csv].
@@ -313,7 +313,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         &mut progress,
     )?;
     out!(
-        "\nbest epoch {} ({}); run folder {}",
+        "\nkept epoch {} ({}); run folder {}",
         outcome.best_epoch,
         config.select_on.choice(),
         out.display()

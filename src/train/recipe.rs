@@ -26,7 +26,7 @@ use crate::runfiles::SelectionMetric;
 pub const RECIPES: [(&str, &str); 2] = [
     (
         "default",
-        "ppcr's default: PPCR ResNet-20, 40 epochs, SGD lr 0.05, cosine",
+        "ppcr's default: PPCR ResNet-20, 80 epochs, SGD lr 0.05, cosine, the last epoch kept",
     ),
     (
         "paper",

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Choose a training schedule or checkpoint rule without the test split: BreastMNIST's training
+and validation images (624) are re-split three ways (stratified, seeds 1000-1002) into 442
+train / 78 validation / 104 held-out images, each candidate trains on every re-split with
+training seeds 0 and 1, and its held-out metrics are printed twice: for the epoch the run kept
+and for its last epoch (`ppcr eval --latest`). The official test split is never read.
+
+Usage: python3 bench/held_out_protocol.py --out DIR [--ppcr target/release/ppcr]
+           NAME="FLAGS" [NAME="FLAGS" ...]
+e.g.   python3 bench/held_out_protocol.py --out heldout default="" e80="--epochs 80"
+Resumable: finished runs are kept. Needs numpy (for the .npz files).
+"""
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+
+SPLITS = 3
+SEEDS = 2
+# The built-in BreastMNIST (MedMNIST's file, as `ppcr train` without --data uses it).
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "assets",
+                      "breastmnist.npz")
+
+
+def write_splits(out):
+    data = np.load(SOURCE)
+    images = np.concatenate([data["train_images"], data["val_images"]])
+    labels = np.concatenate([data["train_labels"], data["val_labels"]])
+    paths = []
+    for split in range(SPLITS):
+        path = os.path.join(out, f"split{split}.npz")
+        paths.append(path)
+        if os.path.exists(path):
+            continue
+        rng = np.random.RandomState(1000 + split)
+        parts = {"train": [], "val": [], "test": []}
+        for label in np.unique(labels):
+            index = np.flatnonzero(labels.ravel() == label)
+            rng.shuffle(index)
+            held, val = round(len(index) * 104 / 624), round(len(index) * 78 / 624)
+            parts["test"].append(index[:held])
+            parts["val"].append(index[held:held + val])
+            parts["train"].append(index[held + val:])
+        arrays = {}
+        for name, chosen in parts.items():
+            chosen = np.sort(np.concatenate(chosen))
+            arrays[f"{name}_images"] = images[chosen]
+            arrays[f"{name}_labels"] = labels[chosen]
+        np.savez_compressed(path, **arrays)
+    return paths
+
+
+def run(ppcr, args, log):
+    with open(log, "w") as f:
+        if subprocess.run([ppcr] + args, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
+            sys.exit(f"ppcr {' '.join(args)} failed; see {log}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--ppcr", default="target/release/ppcr")
+    parser.add_argument("candidates", nargs="+", help='NAME="FLAGS"')
+    args = parser.parse_args()
+    args.out = os.path.abspath(args.out)
+    os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
+    splits = write_splits(args.out)
+    print("candidate            rule         held-out ACC mean (min)   held-out AUC mean (min)")
+    for candidate in args.candidates:
+        name, _, flags = candidate.partition("=")
+        kept, last = [], []
+        for split, data in enumerate(splits):
+            for seed in range(SEEDS):
+                folder = os.path.join(args.out, "runs", f"{name}-split{split}-s{seed}")
+                if not os.path.exists(os.path.join(folder, "metrics.json")):
+                    subprocess.run(["rm", "-rf", folder])
+                    run(args.ppcr, ["train", "--data", data, "--seed", str(seed), "--out", folder]
+                        + shlex.split(flags), folder + ".log")
+                with open(os.path.join(folder, "metrics.json")) as f:
+                    kept.append(json.load(f)["test"])
+                latest = subprocess.run([args.ppcr, "eval", "--checkpoint", folder, "--latest",
+                                         "--json"], capture_output=True, text=True, check=True)
+                last.append(json.loads(latest.stdout))
+        for rule, reports in (("kept epoch", kept), ("last epoch", last)):
+            acc = [r["accuracy"] for r in reports]
+            auc = [r["auc_macro"] for r in reports]
+            print(f"{name:20s} {rule:12s} {statistics.mean(acc):.3f} ({min(acc):.3f})"
+                  f"{'':14s}{statistics.mean(auc):.3f} ({min(auc):.3f})")
+
+
+if __name__ == "__main__":
+    main()
