@@ -11,9 +11,11 @@
 //!   test_predictions.csv     per test image: label and probabilities (TestPredictions)
 //!   .lock                    held while a process trains in the folder
 //!   checkpoints/
-//!     epoch-0007/            model.bpk, optimizer.bpk, state.json (TrainState)
+//!     epoch-0007/            model.bpk, optimizer.bpk, state.json (TrainState); with
+//!                            --ema-decay, model.bpk is the average and live.bpk the weights
 //!     latest                 name of the newest complete epoch folder
-//!     best                   name of the epoch folder chosen on validation
+//!     best                   name of the kept epoch folder (chosen on validation, or the
+//!                            last with --select-on last)
 //!
 //! COMPARISON/                a comparison folder of `ppcr compare`
 //!   compare.json             the summary (CompareSummary); compare.md and compare.csv show it
