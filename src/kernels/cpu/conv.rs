@@ -17,7 +17,9 @@
 //!
 //! On processors with AVX-512F, stride-1 convolutions of at most [`DIRECT_MAX_CHANNELS`]
 //! channels take `conv_direct` instead for the forward pass and the input gradient (no im2col
-//! matrix at all); the weight gradient always takes the product above.
+//! matrix at all). The weight gradient of a stride-1 convolution on a map whose padding adds
+//! little (`shifted_weight_gradient`) is `kh * kw` products over the zero-padded input, one per
+//! kernel position, without an im2row matrix; the others take the product above.
 //!
 //! Samples are spread over threads, each product single-threaded (a batch of 1 or 2 gives the
 //! product the threads instead). A pointwise convolution (1x1, stride 1, no padding) uses `X_b`
@@ -407,11 +409,12 @@ fn direct_path_enabled() -> bool {
 
 /// The most input or output channels the direct path takes. Above it the direct loop (8 output
 /// channels per pass over the input) streams its input from L2 once per 8 outputs, and im2col
-/// with `gemm` was faster. ResNet-18@112 training steps (`ppcr bench --suite step`, one
-/// sitting): every stride-1 convolution direct 614 ms; up to 128 channels 530-536 ms; up to 64
-/// channels 507-529 ms; none 537-561 ms. ResNet-20 (at most 64 channels): 135-147 ms direct
-/// against 157-166 ms.
-const DIRECT_MAX_CHANNELS: usize = 64;
+/// with `gemm` was faster: `ppcr bench --suite conv`, ResNet-18@112's 256-channel 7x7 and
+/// 512-channel 4x4 layers, forward 6.0 and 6.8 ms through im2col, 6.1 and 18.5 ms direct; its
+/// 128-channel 14x14 layer 6.1 ms through im2col, 4.8-5.0 ms direct. ResNet-18@112 training
+/// steps (`--suite step`, with the shifted weight gradient, three alternating turns): up to 64
+/// channels 417-424 ms, up to 128 channels 404-414 ms.
+const DIRECT_MAX_CHANNELS: usize = 128;
 
 /// Output pixels a product should cover at least (see [`Geometry::samples_per_tile`]).
 const MIN_TILE_COLUMNS: usize = 256;
@@ -531,13 +534,31 @@ impl Geometry {
         (row < self.height).then_some(row)
     }
 
+    /// Whether the weight gradient takes [`shifted_weight_gradient`]: stride 1, a kernel larger
+    /// than 1x1, and a padded grid at most 1.3 times the output map (its extra places are
+    /// multiplied too: on ResNet-18's 7x7 and 4x4 maps it was slower than im2row). Tests take
+    /// it on every such shape where the direct path is allowed, and im2row where it is not.
+    fn shifted_weight_gradient(&self) -> bool {
+        let padded = (self.height + 2 * self.padding[0]) * (self.width + 2 * self.padding[1]);
+        let worth_it = cfg!(test) || padded * 10 <= self.out_pixels() * 13;
+        self.stride == [1, 1] && self.kernel != [1, 1] && self.direct_allowed && worth_it
+    }
+
     /// Samples whose products are taken together, side by side in one matrix: enough that a
     /// product has at least [`MIN_TILE_COLUMNS`] output pixels (a late stage's 8x8 or 4x4 maps
     /// alone would make thin products that the matrix kernels run far below their speed).
+    ///
+    /// Whole tiles are shared out among the threads, so the count is lowered (to half at most)
+    /// where that evens the threads' loads: a batch of 32 in tiles of 6 gives one thread 18
+    /// samples and the other 14, in tiles of 4 both 16.
     fn samples_per_tile(&self) -> usize {
-        MIN_TILE_COLUMNS
-            .div_ceil(self.out_pixels())
-            .clamp(1, self.batch.max(1))
+        let batch = self.batch.max(1);
+        let wanted = MIN_TILE_COLUMNS.div_ceil(self.out_pixels()).clamp(1, batch);
+        let threads = rayon::current_num_threads().max(1);
+        let busiest_thread = |samples: usize| batch.div_ceil(samples).div_ceil(threads) * samples;
+        (wanted.div_ceil(2)..=wanted)
+            .min_by_key(|&samples| (busiest_thread(samples), std::cmp::Reverse(samples)))
+            .unwrap_or(wanted)
     }
 
     /// Whether tiles go to threads (each product on one thread) or the product gets the
@@ -1116,6 +1137,10 @@ fn weight_gradient_tile(
         geometry.out_pixels(),
         geometry.in_sample_len(),
     );
+    if geometry.shifted_weight_gradient() {
+        shifted_weight_gradient(geometry, tile, sum, scratch, parallelism);
+        return;
+    }
     let count = tile.x_tile.len() / in_len;
     let columns = count * pixels;
     let out_channels = geometry.out_channels;
@@ -1149,6 +1174,91 @@ fn weight_gradient_tile(
     }
 }
 
+/// The weight gradient of a stride-1 convolution as `kh * kw` products over a zero-padded
+/// pixel-major grid, without an im2row matrix.
+///
+/// With each sample's input zero-padded into a `[Hp Wp, Ci]` grid (samples one after the other)
+/// and its output gradient laid on the same grid (`[Hp Wp, Co]`: output `(oy, ox)` at place
+/// `oy * Wp + ox`, zeros elsewhere), kernel position `(ky, kx)` pairs every output place `q` with
+/// input place `q + ky * Wp + kx`, so its slice of the gradient is one product,
+/// `dW[:, ky, kx, :] = dY_grid^T x X_grid[shift..]`, whose second factor is the input grid read
+/// from an offset. Both factors are pixel-major, so the matrix kernel packs them along their
+/// rows. A place past an output row's end reads the next row's start (or, at a sample's end, the
+/// next sample's or the margin's zeros) but multiplies a zero gradient.
+fn shifted_weight_gradient(
+    geometry: &Geometry,
+    tile: WeightGradientTile,
+    sum: &mut [f32],
+    scratch: &mut Scratch,
+    parallelism: gemm::Parallelism,
+) {
+    let [kh, kw] = geometry.kernel;
+    let [ph, pw] = geometry.padding;
+    let (h, w) = (geometry.height, geometry.width);
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    let (ci, co) = (geometry.in_channels, geometry.out_channels);
+    let (ho, wo) = (geometry.out_height, geometry.out_width);
+    let grid = hp * wp;
+    let in_len = geometry.in_sample_len();
+    let count = tile.x_tile.len() / in_len;
+    let places = count * grid;
+    let margin = (kh - 1) * wp + kw;
+    scratch.col.clear();
+    scratch.col.resize((places + margin) * ci, 0.0);
+    scratch.dy_rows.clear();
+    scratch.dy_rows.resize(places * co, 0.0);
+    scratch.nhwc.resize((h * w).max(ho * wo) * ci.max(co), 0.0);
+    for (j, sample) in tile.x_tile.chunks_exact(in_len).enumerate() {
+        transpose(sample, ci, h * w, &mut scratch.nhwc);
+        for iy in 0..h {
+            let at = (j * grid + (iy + ph) * wp + pw) * ci;
+            scratch.col[at..at + w * ci]
+                .copy_from_slice(&scratch.nhwc[iy * w * ci..(iy + 1) * w * ci]);
+        }
+    }
+    let out_len = geometry.out_sample_len();
+    for (j, dy) in tile.dy_tile.chunks_exact(out_len).enumerate() {
+        transpose(dy, co, ho * wo, &mut scratch.nhwc);
+        for oy in 0..ho {
+            let at = (j * grid + oy * wp) * co;
+            scratch.dy_rows[at..at + wo * co]
+                .copy_from_slice(&scratch.nhwc[oy * wo * co..(oy + 1) * wo * co]);
+        }
+    }
+    let positions = kh * kw;
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let shift = ky * wp + kx;
+            // SAFETY: `sum` holds `Co * kh kw * Ci` values and slice `(ky, kx)` starts at
+            // `(ky kw + kx) Ci` with rows `kh kw Ci` apart; `dy_rows` holds `places * Co` values
+            // and `col` `(places + margin) * Ci`, and `shift + places <= places + margin`.
+            unsafe {
+                gemm::gemm(
+                    co,
+                    ci,
+                    places,
+                    sum.as_mut_ptr().add((ky * kw + kx) * ci),
+                    1,
+                    (positions * ci) as isize,
+                    tile.accumulate,
+                    scratch.dy_rows.as_ptr(),
+                    co as isize,
+                    1,
+                    scratch.col.as_ptr().add(shift * ci),
+                    1,
+                    ci as isize,
+                    if tile.accumulate { 1.0 } else { 0.0 },
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                )
+            }
+        }
+    }
+}
+
 /// `dst [cols, rows] = src [rows, cols]^T`, in square blocks so both sides stay in cache.
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     const BLOCK: usize = 16;
@@ -1172,25 +1282,28 @@ fn im2row(geometry: &Geometry, nhwc: &[f32], rows: &mut [f32]) {
     let [kh, kw] = geometry.kernel;
     let channels = geometry.in_channels;
     let (sw, pw) = (geometry.stride[1], geometry.padding[1]);
+    let width = geometry.width;
     let mut row_chunks = rows.chunks_exact_mut(kh * kw * channels);
     for oy in 0..geometry.out_height {
         for ox in 0..geometry.out_width {
             let row = row_chunks.next().expect("one row per output pixel");
+            // The kernel columns inside the input, `kx` in `first..last`: their pixels are
+            // neighbours in the NHWC copy, so each kernel row is one copy (a 7x7 kernel over 3
+            // channels: 21 values at once instead of 7 copies of 3).
+            let left = ox * sw;
+            let first = pw.saturating_sub(left).min(kw);
+            let last = (width + pw).saturating_sub(left).clamp(first, kw);
             for ky in 0..kh {
-                let input_row = geometry.input_row(oy, ky);
-                for kx in 0..kw {
-                    let at = (ky * kw + kx) * channels;
-                    let target = &mut row[at..at + channels];
-                    let ix = (ox * sw + kx)
-                        .checked_sub(pw)
-                        .filter(|&ix| ix < geometry.width);
-                    match (input_row, ix) {
-                        (Some(iy), Some(ix)) => {
-                            let from = (iy * geometry.width + ix) * channels;
-                            target.copy_from_slice(&nhwc[from..from + channels]);
-                        }
-                        _ => target.fill(0.0),
+                let target = &mut row[ky * kw * channels..(ky + 1) * kw * channels];
+                match geometry.input_row(oy, ky) {
+                    Some(iy) if first < last => {
+                        target[..first * channels].fill(0.0);
+                        let from = (iy * width + left + first - pw) * channels;
+                        target[first * channels..last * channels]
+                            .copy_from_slice(&nhwc[from..from + (last - first) * channels]);
+                        target[last * channels..].fill(0.0);
                     }
+                    _ => target.fill(0.0),
                 }
             }
         }
