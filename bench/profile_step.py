@@ -32,7 +32,7 @@ PPCR_KINDS = [
     ("PPCR", r"kernels::cpu::ppcr"),
     ("setup (model init, data)", r"TensorData::random|ResNetConfig.*init|Distribution|"
                                  r"step_bench::\{\{closure\}\}::\{\{closure\}\}::init"),
-    # The direct path (stride 1, up to 64 channels, AVX-512) runs both passes in one function.
+    # The direct path (stride 1, up to 128 channels, AVX-512) runs both passes in one function.
     ("conv forward and input gradient, direct", r"conv_direct::"),
     ("conv forward (im2col)", r"kernels::cpu::conv::forward"),
     ("conv input gradient (im2col)", r"conv::input_gradient_tile"),
