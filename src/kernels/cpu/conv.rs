@@ -1208,22 +1208,27 @@ fn shifted_weight_gradient(
     scratch.dy_rows.clear();
     scratch.dy_rows.resize(places * co, 0.0);
     scratch.nhwc.resize((h * w).max(ho * wo) * ci.max(co), 0.0);
-    for (j, sample) in tile.x_tile.chunks_exact(in_len).enumerate() {
-        transpose(sample, ci, h * w, &mut scratch.nhwc);
-        for iy in 0..h {
-            let at = (j * grid + (iy + ph) * wp + pw) * ci;
-            scratch.col[at..at + w * ci]
-                .copy_from_slice(&scratch.nhwc[iy * w * ci..(iy + 1) * w * ci]);
-        }
+    let inputs = tile.x_tile.chunks_exact(in_len);
+    for (j, sample) in inputs.enumerate() {
+        let at = j * grid + ph * wp + pw;
+        onto_grid(
+            sample,
+            [ci, h, w],
+            wp,
+            &mut scratch.nhwc,
+            &mut scratch.col[at * ci..],
+        );
     }
-    let out_len = geometry.out_sample_len();
-    for (j, dy) in tile.dy_tile.chunks_exact(out_len).enumerate() {
-        transpose(dy, co, ho * wo, &mut scratch.nhwc);
-        for oy in 0..ho {
-            let at = (j * grid + oy * wp) * co;
-            scratch.dy_rows[at..at + wo * co]
-                .copy_from_slice(&scratch.nhwc[oy * wo * co..(oy + 1) * wo * co]);
-        }
+    let gradients = tile.dy_tile.chunks_exact(geometry.out_sample_len());
+    for (j, dy) in gradients.enumerate() {
+        let at = j * grid;
+        onto_grid(
+            dy,
+            [co, ho, wo],
+            wp,
+            &mut scratch.nhwc,
+            &mut scratch.dy_rows[at * co..],
+        );
     }
     let positions = kh * kw;
     for ky in 0..kh {
@@ -1256,6 +1261,24 @@ fn shifted_weight_gradient(
                 )
             }
         }
+    }
+}
+
+/// One `[C, H, W]` map written pixel-major onto a grid whose rows are `grid_width` places long:
+/// pixel `(y, x)`'s `C` values at place `y * grid_width + x` of `grid` (the other places are left
+/// as they are). `nhwc` is scratch for the transpose, at least `C H W` values.
+fn onto_grid(
+    map: &[f32],
+    [channels, height, width]: [usize; 3],
+    grid_width: usize,
+    nhwc: &mut [f32],
+    grid: &mut [f32],
+) {
+    transpose(map, channels, height * width, nhwc);
+    let row_len = width * channels;
+    for (y, row) in nhwc[..height * row_len].chunks_exact(row_len).enumerate() {
+        let at = y * grid_width * channels;
+        grid[at..at + row_len].copy_from_slice(row);
     }
 }
 
