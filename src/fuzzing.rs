@@ -215,6 +215,10 @@ mod tests {
             best_epoch: Some(1),
             best_score: Some(0.5),
             history: vec![epoch],
+            loss_scale: Some(crate::runfiles::LossScaleState {
+                scale: 32768.0,
+                steps_without_overflow: 7,
+            }),
         };
         seeds.push((
             "state".to_string(),

@@ -12,7 +12,7 @@ use super::progress::ConsoleProgress;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
 use ppcr::runfiles::{LogFormat, SelectionMetric};
-use ppcr::train::{LrSchedule, TrainConfig, recipe, train_on};
+use ppcr::train::{LrSchedule, Precision, TrainConfig, recipe, train_on};
 
 /// Options of `ppcr train`. Every option can also come from the TOML file; flags win.
 #[derive(Args, Debug)]
@@ -55,7 +55,7 @@ pub struct TrainSettings {
     /// Backbone: resnet20/32/44/56/110/164 (CIFAR-style), resnet18/34/50 [default: resnet20].
     #[arg(long)]
     backbone: Option<Backbone>,
-    /// Epochs [default: 40].
+    /// Epochs [default: 80; the paper recipe: 150].
     #[arg(long)]
     epochs: Option<usize>,
     /// Batch size [default: 32].
@@ -123,6 +123,11 @@ pub struct TrainSettings {
     /// Per-epoch log format: csv or jsonl [default: csv].
     #[arg(long)]
     log_format: Option<String>,
+    /// Precision of the backbone's convolutions on a GPU: f32, f16 (with a dynamic loss scale)
+    /// or bf16; weights, optimizer, BatchNorm, attention units and loss stay f32 (mixed
+    /// precision, as PyTorch's AMP). The CPU backend trains in f32 only [default: f32].
+    #[arg(long)]
+    precision: Option<String>,
 }
 
 impl TrainSettings {
@@ -261,6 +266,9 @@ pub fn resolve_config(
     }
     if let Some(format) = &args.log_format {
         config.log_format = parse_enum::<LogFormat>("log format", format)?;
+    }
+    if let Some(precision) = &args.precision {
+        config.precision = parse_enum::<Precision>("precision", precision)?;
     }
     Ok(config)
 }

@@ -7,7 +7,10 @@ use std::sync::OnceLock;
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::activation::relu;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{FloatDType, Tensor, TensorData};
+
+use super::autocast;
 
 use crate::kernels::cpu::batch_norm as batch_norm_kernel;
 use crate::kernels::cpu::conv as conv_kernel;
@@ -27,10 +30,48 @@ pub fn kernels_enabled() -> bool {
 /// `conv.forward(x)`, through the convolution kernel where it applies: no groups, no dilation,
 /// no bias and symmetric padding, on Flex `f32` tensors.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    if let Some(dtype) = autocast::convolution_dtype() {
+        return conv2d_in(conv, x, dtype);
+    }
     match kernel_padding(conv, &x) {
         Some(padding) => conv_kernel::conv2d(x, conv.weight.val(), conv.stride, padding),
         None => conv.forward(x),
     }
+}
+
+/// `conv.forward(x)` with its input, weight and bias cast to `dtype` and its output cast back
+/// to the input's type (see [`autocast`]); autodiff carries each gradient back through the
+/// casts, so the parameters' gradients keep the parameters' type.
+fn conv2d_in(conv: &Conv2d, x: Tensor<4>, dtype: FloatDType) -> Tensor<4> {
+    let input_dtype = x.dtype();
+    let [_, _, height, width] = x.dims();
+    // As burn's `Conv2d::forward` pads (its helper is private to burn-nn).
+    let same = |kernel: usize, stride: usize, size: usize| {
+        let needed = (size.div_ceil(stride).max(1) - 1) * stride + kernel;
+        let total = needed.saturating_sub(size);
+        (total / 2, total - total / 2)
+    };
+    let ((top, bottom), (left, right)) = match conv.padding {
+        PaddingConfig2d::Valid => ((0, 0), (0, 0)),
+        PaddingConfig2d::Same => (
+            same(conv.kernel_size[0], conv.stride[0], height),
+            same(conv.kernel_size[1], conv.stride[1], width),
+        ),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
+    };
+    let options = ConvOptions::new_with_padding(
+        conv.stride,
+        [(top, bottom), (left, right)],
+        conv.dilation,
+        conv.groups,
+    );
+    let y = burn::tensor::module::conv2d(
+        x.cast(dtype),
+        conv.weight.val().cast(dtype),
+        conv.bias.as_ref().map(|bias| bias.val().cast(dtype)),
+        options,
+    );
+    y.cast(input_dtype)
 }
 
 /// `bn.forward(conv.forward(x))`, followed by ReLU when `then_relu`. In inference on plain Flex
@@ -78,7 +119,7 @@ pub fn conv_batch_norm_add_relu(
 /// The symmetric padding `[ph, pw]` with which the convolution kernel runs `conv` on `x`, or
 /// `None` where burn's layer must: kernels off, groups, dilation, a bias, uneven padding
 /// (`Explicit(top, left, bottom, right)`; `Same` with an even kernel pads unevenly), or
-/// tensors the kernel does not take.
+/// tensors the kernel does not take, or convolutions in another precision ([`autocast`]).
 fn kernel_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 2]> {
     let padding = match conv.padding {
         PaddingConfig2d::Valid => [0, 0],
@@ -88,6 +129,7 @@ fn kernel_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 2]> {
         _ => return None,
     };
     let takes_kernel = kernels_enabled()
+        && autocast::convolution_dtype().is_none()
         && conv.groups == 1
         && conv.dilation == [1, 1]
         && conv.bias.is_none()

@@ -1,6 +1,7 @@
 //! Backbones the attention units plug into: CIFAR and ImageNet ResNets with one unit in every
 //! residual block (He et al., CVPR 2016), built from one [`ResNetConfig`].
 
+pub mod autocast;
 mod backbone;
 mod blocks;
 pub mod layers;

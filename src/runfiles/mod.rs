@@ -46,4 +46,4 @@ pub use run_dir::RunDir;
 pub use run_info::RunInfo;
 pub use run_metrics::{RunMetrics, SelectionMetric};
 pub use test_predictions::TestPredictions;
-pub use train_state::TrainState;
+pub use train_state::{LossScaleState, TrainState};

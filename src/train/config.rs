@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::LrSchedule;
+use super::{LrSchedule, Precision};
 use crate::attention::AttentionKind;
 use crate::data::{AugmentConfig, BadFilePolicy};
 use crate::models::{Backbone, ShortcutKind, StemKind};
@@ -102,6 +102,9 @@ pub struct TrainConfig {
     /// classifier and the attention units train; BatchNorm statistics still update), with
     /// `pretrained`.
     pub freeze_backbone_epochs: usize,
+    /// The type the backbone's convolutions train in: `f32`, or `f16`/`bf16` on a GPU (mixed
+    /// precision: the weights, the optimizer and everything else stay `f32`).
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -143,6 +146,7 @@ impl Default for TrainConfig {
             supcon_temperature: super::DEFAULT_TEMPERATURE,
             backbone_lr_factor: 1.0,
             freeze_backbone_epochs: 0,
+            precision: Precision::F32,
         }
     }
 }

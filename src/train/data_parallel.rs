@@ -26,13 +26,14 @@ use burn::data::dataset::DatasetError;
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::Module;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use burn_train::train::{MultiDeviceStepError, MultiDevicesTrainStep};
 use burn_train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 
 use super::TrainError;
 use crate::metrics::argmax;
 use crate::models::ResNet;
+use crate::models::autocast::with_convolutions_in;
 
 /// What one step computed: the model (its running statistics updated), the batch's
 /// [`StepStats`] and the parameter gradients on the first device.
@@ -140,22 +141,29 @@ impl DataParallel {
     /// The gradients of `model`'s mean loss over a batch of images (`pixels`,
     /// `[batch, C, H, W]` with `image_dims = [C, H, W]`) and `labels`, split into contiguous
     /// shards over the devices. A batch smaller than the device list uses the first `batch`
-    /// devices.
+    /// devices. On one device the convolutions may compute in half precision (`mixed`): the
+    /// gradients are then those of the loss times `mixed.loss_scale`.
     pub fn batch_gradients(
         &self,
         model: ResNet,
         pixels: &[f32],
         labels: &[usize],
         image_dims: [usize; 3],
+        mixed: MixedPrecision,
     ) -> Result<BatchGradients, TrainError> {
         let batch = labels.len();
         let shards = shard_ranges(batch, self.devices.len());
+        assert!(
+            mixed.dtype.is_none() || self.workers.is_none(),
+            "mixed precision trains on one device"
+        );
         let Some(workers) = self.workers.as_ref().filter(|_| shards.len() > 1) else {
             let step = ShardStep::new(model, self.loss_fns[0].clone());
             let shard = Shard::new(0, &self.devices[0], pixels, labels, image_dims, None);
-            let (loss, logits, targets) = step.forward(&shard)?;
+            let (loss, logits, targets) =
+                with_convolutions_in(mixed.dtype, || step.forward(&shard))?;
             let stats = StepStats::on_device(loss.clone(), logits, targets);
-            let grads = GradientsParams::from_grads(loss.backward(), &step);
+            let grads = GradientsParams::from_grads(mixed.scaled(loss).backward(), &step);
             return Ok(BatchGradients {
                 model: step.model,
                 stats,
@@ -211,35 +219,74 @@ impl DataParallel {
 
 impl DataParallel {
     /// The gradients of `model`'s cross-entropy over every view of a batch (`pixels`: each
-    /// image's first views, then their second views; `labels` likewise) plus `weight` times
-    /// the supervised contrastive loss of the views' embeddings at `temperature`. On the first
-    /// device only: the contrastive loss relates every view of the batch to every other.
+    /// image's first views, then their second views; `labels` likewise) plus the supervised
+    /// contrastive loss of the views' embeddings as `term` weighs it. On the first device only:
+    /// the contrastive loss relates every view of the batch to every other.
     pub fn contrastive_gradients(
         &self,
         model: ResNet,
         pixels: &[f32],
         labels: &[usize],
         image_dims: [usize; 3],
-        weight: f64,
-        temperature: f64,
+        term: ContrastiveTerm,
+        mixed: MixedPrecision,
     ) -> Result<BatchGradients, TrainError> {
         let device = &self.devices[0];
         let shard = Shard::new(0, device, pixels, labels, image_dims, None);
         let (images, targets) = shard.tensors();
-        let (logits, embeddings) = model.forward_with_projection(images)?;
+        let (logits, embeddings) =
+            with_convolutions_in(mixed.dtype, || model.forward_with_projection(images))?;
         let embeddings = embeddings.ok_or_else(|| {
             TrainError::Config("contrastive training needs the model's projection head".into())
         })?;
         let cross_entropy = self.loss_fns[0].forward(logits.clone(), targets.clone());
-        let contrastive = super::supcon_loss(embeddings, labels, temperature, temperature);
-        let total = cross_entropy.clone() + contrastive.clone().mul_scalar(weight);
+        let contrastive =
+            super::supcon_loss(embeddings, labels, term.temperature, term.temperature);
+        let total = cross_entropy.clone() + contrastive.clone().mul_scalar(term.weight);
         let stats = StepStats::with_contrastive(cross_entropy, contrastive, logits, targets);
-        let grads = GradientsParams::from_grads(total.backward(), &model);
+        let grads = GradientsParams::from_grads(mixed.scaled(total).backward(), &model);
         Ok(BatchGradients {
             model,
             stats,
             grads,
         })
+    }
+}
+
+/// The supervised contrastive term of a step: `weight` times the loss at `temperature` (both
+/// its temperature and its base temperature).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ContrastiveTerm {
+    /// The term's weight beside the cross-entropy.
+    pub weight: f64,
+    /// The loss's temperature.
+    pub temperature: f64,
+}
+
+/// How a step's convolutions compute: in `dtype` where given (see [`crate::models::autocast`]),
+/// with the loss multiplied by `loss_scale` before the backward pass.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MixedPrecision {
+    /// The convolutions' type; `None` is `f32`.
+    pub dtype: Option<FloatDType>,
+    /// The loss's factor (1 without a loss scale).
+    pub loss_scale: f32,
+}
+
+impl MixedPrecision {
+    /// Everything in `f32`, no scale.
+    #[cfg(test)]
+    pub const OFF: MixedPrecision = MixedPrecision {
+        dtype: None,
+        loss_scale: 1.0,
+    };
+
+    fn scaled(self, loss: Tensor<1>) -> Tensor<1> {
+        if self.loss_scale == 1.0 {
+            loss
+        } else {
+            loss.mul_scalar(self.loss_scale)
+        }
     }
 }
 
@@ -491,7 +538,13 @@ mod tests {
         // 8x8 images for a model built for 16x16.
         let pixels = crate::attention::testing::seeded_values(4 * 64, 2);
         let error = on_two_cpus(&device, &loss_fn)
-            .batch_gradients(small_model(&device), &pixels, &[0, 1, 2, 0], [1, 8, 8])
+            .batch_gradients(
+                small_model(&device),
+                &pixels,
+                &[0, 1, 2, 0],
+                [1, 8, 8],
+                MixedPrecision::OFF,
+            )
             .err()
             .expect("the model refuses 8x8 images");
         assert!(matches!(error, TrainError::Model(_)), "{error}");
@@ -508,6 +561,7 @@ mod tests {
             &pixels,
             &[0, 1, 2, 9],
             [1, 16, 16],
+            MixedPrecision::OFF,
         );
         let error = result.err().expect("the second shard fails");
         assert_eq!(
@@ -523,7 +577,13 @@ mod tests {
         let three = DataParallel::new(vec![device.clone(); 3], vec![loss_fn; 3]);
         let pixels = crate::attention::testing::seeded_values(2 * 256, 4);
         let split = three
-            .batch_gradients(small_model(&device), &pixels, &[1, 2], [1, 16, 16])
+            .batch_gradients(
+                small_model(&device),
+                &pixels,
+                &[1, 2],
+                [1, 16, 16],
+                MixedPrecision::OFF,
+            )
             .unwrap();
         let (loss_sum, correct, _) = split.stats.read();
         assert!(loss_sum.is_finite() && loss_sum > 0.0);
@@ -534,6 +594,19 @@ mod tests {
     /// A fresh small model (its own running statistics) with the same weights on every call:
     /// copied from one model built once, since a seeded build draws from the global generator,
     /// which tests running in parallel draw from too.
+    impl DataParallel {
+        /// The gradients of [`small_model`] on 16x16 grey images, in `f32`.
+        fn small_model_gradients(
+            &self,
+            device: &Device,
+            pixels: &[f32],
+            labels: &[usize],
+        ) -> Result<BatchGradients, TrainError> {
+            let model = small_model(device);
+            self.batch_gradients(model, pixels, labels, [1, 16, 16], MixedPrecision::OFF)
+        }
+    }
+
     fn small_model(device: &Device) -> ResNet {
         static WEIGHTS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
         let build = |device: &Device| {
@@ -569,7 +642,7 @@ mod tests {
         let labels = vec![0, 1, 2, 2, 0];
         let one = DataParallel::new(vec![device.clone()], vec![loss_fn.clone()]);
         let split = one
-            .batch_gradients(small_model(&device), &pixels, &labels, [1, 16, 16])
+            .small_model_gradients(&device, &pixels, &labels)
             .unwrap();
         let shard = Shard::new(0, &device, &pixels, &labels, [1, 16, 16], None);
         let (host, _) = ShardStep::new(small_model(&device), loss_fn)
@@ -603,7 +676,7 @@ mod tests {
             mean.into_data().try_to_vec::<f32>().unwrap()
         };
         let split = on_two_cpus(&device, &loss_fn)
-            .batch_gradients(small_model(&device), &pixels, &labels, [1, 16, 16])
+            .small_model_gradients(&device, &pixels, &labels)
             .unwrap();
         // Each shard's update alone, from the same starting model (a fresh one each: clones
         // share their running state).
@@ -641,7 +714,7 @@ mod tests {
         let pixels = crate::attention::testing::seeded_values(batch * 256, 11);
         let labels = vec![0, 1, 2, 2, 1, 0];
         let split = on_two_cpus(&device, &loss_fn)
-            .batch_gradients(model.clone(), &pixels, &labels, dims)
+            .batch_gradients(model.clone(), &pixels, &labels, dims, MixedPrecision::OFF)
             .unwrap();
         // The same shards one after the other on one device, each loss weighted by 1/2.
         let halves: Vec<_> = [0..3, 3..6]

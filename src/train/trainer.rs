@@ -19,12 +19,14 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::data_parallel::{BatchGradients, DataParallel, StepStats};
+use super::data_parallel::{
+    BatchGradients, ContrastiveTerm, DataParallel, MixedPrecision, StepStats,
+};
 use super::ema::WeightAverage;
 use super::evaluate::{SplitEvaluation, evaluate_split};
 use super::param_groups::BackboneGroup;
 use super::prefetch::EpochBatches;
-use super::{StepProgress, TrainConfig, TrainError, TrainObserver};
+use super::{LossScaler, StepProgress, TrainConfig, TrainError, TrainObserver, unsupported_on};
 use crate::attention::AttentionConfig;
 use crate::data::{AugmentConfig, Dataset, Normalization};
 use crate::models::ResNetConfig;
@@ -323,6 +325,14 @@ pub fn train_on(
                 .into(),
         ));
     }
+    if let Some(why) = unsupported_on(config.precision, device) {
+        return Err(TrainError::Config(why));
+    }
+    if config.precision.convolution_dtype().is_some() && devices.len() > 1 {
+        return Err(TrainError::Config(
+            "mixed precision trains on one device: drop --devices or --precision".into(),
+        ));
+    }
     let pretrained = match &config.pretrained {
         Some(source) => Some(read_pretrained(source, config.backbone)?),
         None => None,
@@ -456,6 +466,12 @@ pub fn train_on(
     } else {
         None
     };
+    let mut loss_scaler = config.precision.needs_loss_scale().then(|| {
+        state
+            .loss_scale
+            .clone()
+            .map_or_else(LossScaler::new, LossScaler::from_state)
+    });
     let image_dims = [shape.channels, shape.height, shape.width];
     let mut summary = format!(
         "{} + {} ({} parameters) on {} [{} train / {} val / {} test, {} classes, {}x{}x{}]",
@@ -520,6 +536,10 @@ pub fn train_on(
                         config
                             .schedule
                             .lr_at(config.lr, global_step, steps_per_epoch, total_steps);
+                    let mixed = MixedPrecision {
+                        dtype: config.precision.convolution_dtype(),
+                        loss_scale: loss_scaler.as_ref().map_or(1.0, LossScaler::scale),
+                    };
                     let BatchGradients {
                         model: stepped,
                         stats,
@@ -530,15 +550,26 @@ pub fn train_on(
                             &pixels,
                             &labels,
                             image_dims,
-                            config.supcon_weight,
-                            config.supcon_temperature,
+                            ContrastiveTerm {
+                                weight: config.supcon_weight,
+                                temperature: config.supcon_temperature,
+                            },
+                            mixed,
                         )?
                     } else {
-                        data_parallel.batch_gradients(model, &pixels, &labels, image_dims)?
+                        data_parallel.batch_gradients(model, &pixels, &labels, image_dims, mixed)?
                     };
-                    model = match &backbone_group {
-                        Some(group) => group.step(&mut optim, lr, epoch, stepped, grads),
-                        None => optim.step(lr, stepped, grads),
+                    // A step whose scaled gradients overflowed is skipped, as AMP skips it.
+                    let grads = match loss_scaler.as_mut() {
+                        Some(scaler) => scaler.unscale(grads, &stepped),
+                        None => Some(grads),
+                    };
+                    model = match (grads, &backbone_group) {
+                        (Some(grads), Some(group)) => {
+                            group.step(&mut optim, lr, epoch, stepped, grads)
+                        }
+                        (Some(grads), None) => optim.step(lr, stepped, grads),
+                        (None, _) => stepped,
                     };
                     if let Some(average) = average.as_mut() {
                         average.update(&model);
@@ -605,6 +636,7 @@ pub fn train_on(
         };
         state.epochs_completed = epoch + 1;
         state.history.push(record.clone());
+        state.loss_scale = loss_scaler.as_ref().map(LossScaler::state);
         run.save_epoch(&model, averaged.as_ref(), &optim, &state, is_best)?;
         write_log(run.root(), config.log_format, &state.history)?;
         observer.on_epoch(&record, is_best);
