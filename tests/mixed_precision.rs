@@ -240,6 +240,21 @@ fn training_in_half_precision_is_refused_on_the_cpu_backend() {
     assert_clean_failure(&ppcr(args), &["unknown precision 'f8'", "f16", "bf16"]);
 }
 
+#[test]
+fn the_bench_takes_a_precision_for_its_network_suites_on_a_gpu_only() {
+    assert_clean_failure(
+        &ppcr(["bench", "--suite", "conv", "--precision", "f16"]),
+        &[
+            "--precision: --suite conv does not use it",
+            "network, end-to-end, step",
+        ],
+    );
+    assert_clean_failure(
+        &ppcr(["bench", "--suite", "step", "--precision", "bf16"]),
+        &["--precision bf16 is for GPUs"],
+    );
+}
+
 /// On wgpu's CPU adapter (lavapipe, as CI runs the GPU code): each 16-bit type the adapter
 /// supports trains against f32 as on the CPU backend; one it lacks is refused by name.
 #[cfg(feature = "wgpu")]
@@ -281,7 +296,7 @@ mod on_wgpu {
     }
 
     #[test]
-    fn training_in_f16_on_wgpu_runs_and_keeps_its_loss_scale() {
+    fn training_and_the_step_bench_run_in_f16_on_wgpu() {
         let Some(device) = lavapipe() else { return };
         let folder = tempfile::tempdir().unwrap();
         let run = folder.path().join("run");
@@ -293,6 +308,29 @@ mod on_wgpu {
             return;
         }
         common::assert_success(&output);
+        let bench = ppcr([
+            "bench",
+            "--suite",
+            "step",
+            "--device",
+            "wgpu:cpu",
+            "--precision",
+            "f16",
+            "--input",
+            "16",
+            "--batch",
+            "4",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+        ]);
+        common::assert_success(&bench);
+        assert!(
+            common::stdout(&bench).contains("convolutions in F16"),
+            "{}",
+            common::stdout(&bench)
+        );
         let state = run
             .join("checkpoints")
             .join("epoch-0001")

@@ -10,10 +10,12 @@ use super::device::DeviceArgs;
 use super::units::parse_units;
 use ppcr::attention::AttentionKind;
 use ppcr::models::Backbone;
+use ppcr::models::autocast::with_convolutions_in;
 use ppcr::profile::{
     NetworkCase, UnitShape, ZooBench, conv_bench, conv_bench_shapes, end_to_end_bench,
     network_bench, step_bench, unit_bench, unit_bench_shapes, zoo_bench,
 };
+use ppcr::train::{Precision, unsupported_on};
 
 /// Which benchmarks to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,6 +85,11 @@ pub struct BenchArgs {
     /// Batch size of the step suite [default: 64].
     #[arg(long, value_parser = at_least_one)]
     batch: Option<usize>,
+    /// Precision of the networks' convolutions in the step, network and end-to-end suites, on
+    /// a GPU: f32, f16 or bf16, as `ppcr train --precision` computes them (the timed step
+    /// scales no loss) [default: f32].
+    #[arg(long)]
+    precision: Option<String>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -105,7 +112,7 @@ impl BenchArgs {
 fn check_suite_options(args: &BenchArgs) -> anyhow::Result<()> {
     use Suite::*;
     // (flag, given, the suites that use it; `all` uses what its four suites use)
-    let options: [(&str, bool, &[Suite]); 11] = [
+    let options: [(&str, bool, &[Suite]); 12] = [
         (
             "--runs",
             args.runs_given.is_some(),
@@ -137,6 +144,11 @@ fn check_suite_options(args: &BenchArgs) -> anyhow::Result<()> {
         ("--backbone", args.backbone.is_some(), &[Step]),
         ("--input", args.input.is_some(), &[Step]),
         ("--batch", args.batch.is_some(), &[Step]),
+        (
+            "--precision",
+            args.precision.is_some(),
+            &[Network, EndToEnd, Step],
+        ),
     ];
     let name = |suite: Suite| {
         suite
@@ -257,8 +269,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     let device = args.device.device()?;
+    let convolutions = convolution_dtype(args, &device)?;
+    if let Some(dtype) = convolutions {
+        out!("convolutions in {dtype:?}, the rest in f32 (mixed precision; no loss scale)");
+    }
     if args.suite == Suite::Step {
-        return run_step(args, &device);
+        return with_convolutions_in(convolutions, || run_step(args, &device));
     }
     if args.suite == Suite::Conv {
         return run_conv(args, &device);
@@ -377,7 +393,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if wants(Suite::Network) {
         let mut all = Vec::new();
         for case in &network_cases {
-            let results = network_bench(case, &units, &device, args.warmup(), args.runs())?;
+            let results = with_convolutions_in(convolutions, || {
+                network_bench(case, &units, &device, args.warmup(), args.runs())
+            })?;
             if !args.json {
                 out!(
                     "{} at {} px, batch {} (median of {} runs; ratios to none, same run)",
@@ -413,7 +431,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         report.insert("network".into(), json!(all));
     }
     if wants(Suite::EndToEnd) {
-        let result = end_to_end_bench(&device, args.warmup(), args.runs())?;
+        let result = with_convolutions_in(convolutions, || {
+            end_to_end_bench(&device, args.warmup(), args.runs())
+        })?;
         if !args.json {
             out!(
                 "end to end: {}: {:.1} ms/step, {:.0} images/s",
@@ -428,6 +448,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         out!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// The type `--precision` asks the convolutions to compute in (`None`: f32), refused where
+/// `ppcr train` would refuse it (the CPU backend, a GPU without the type).
+fn convolution_dtype(
+    args: &BenchArgs,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<Option<burn::tensor::FloatDType>> {
+    let Some(name) = &args.precision else {
+        return Ok(None);
+    };
+    let precision = super::train::parse_enum::<Precision>("precision", name)?;
+    if let Some(why) = unsupported_on(precision, device) {
+        anyhow::bail!(why);
+    }
+    Ok(precision.convolution_dtype())
 }
 
 /// One row per shape, one column per unit: `ratio` of each unit at that shape.

@@ -146,7 +146,10 @@ fn over(base: &TrainConfig, text: &str) -> Result<TrainConfig, toml::de::Error> 
     TrainConfig::from_toml(&toml::to_string(&table).expect("a table serialises"))
 }
 
-fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> anyhow::Result<T> {
+pub(super) fn parse_enum<T: serde::de::DeserializeOwned>(
+    what: &str,
+    value: &str,
+) -> anyhow::Result<T> {
     serde_json::from_value(serde_json::Value::String(value.to_string())).map_err(|error| {
         // serde names the accepted spellings: "unknown variant `x`, expected one of `a`, `b`".
         let text = error.to_string();
