@@ -13,7 +13,8 @@
 #     b. the same in a new process started in another directory (the kernel cache at work);
 #     c. `ppcr bench --suite end-to-end`, `--suite network` (ResNet-20@32 and ResNet-18@224,
 #        plain and PPCR) and `--suite conv` (every convolution shape; CubeCL's autotune choices
-#        logged to $OUT/autotune-<backend>.txt).
+#        logged to $OUT/autotune-<backend>.txt);
+#     d. `--suite network` again with `--precision f16` (convolutions in half precision).
 # The kernel cache it grew travels back as $OUT/kernel-cache.tgz: put it in $GPU_DIR and the
 # next call starts from it (steps a then measure a warm machine; the log says which).
 set -u
@@ -99,6 +100,9 @@ for backend in ${BACKENDS:-wgpu cuda}; do
   step 100 env -C /tmp/$name-c "$P" bench --suite network --device $backend --attn ppcr \
     --runs 5 --warmup 2 --resnet18-input 224
   step 60 env -C /tmp/$name-c "$P" bench --suite conv --device $backend --runs 7 --warmup 3
+  # Mixed precision (`--precision f16`: the convolutions in f16), last: what time is left.
+  step 100 env -C /tmp/$name-c "$P" bench --suite network --device $backend --attn ppcr \
+    --runs 5 --warmup 2 --resnet18-input 224 --precision f16
   grep -h "^Fastest result" /tmp/autotune-$name.log 2>/dev/null | cut -c1-220 > "$OUT/autotune-$name.txt"
 done
 
