@@ -120,6 +120,14 @@ fn a_run_averaging_its_weights_resumes_to_the_uninterrupted_average() {
     killed_and_resumed(&["--ema-decay", "0.9"]);
 }
 
+/// A run with stochastic weight averaging (epochs 2-4) resumes its equal average with the
+/// count of models it holds (the last resume continues a mean of two), and the average's
+/// BatchNorm statistics are recomputed alike.
+#[test]
+fn a_run_with_stochastic_weight_averaging_resumes_to_the_uninterrupted_average() {
+    killed_and_resumed(&["--swa-epochs", "3"]);
+}
+
 fn killed_and_resumed(extra: &[&str]) {
     let folder = tempfile::tempdir().unwrap();
     let whole = folder.path().join("whole");

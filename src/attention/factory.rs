@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::Identity;
+use burn::nn::{BatchNorm, Identity};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +64,12 @@ pub trait AttentionUnit: Sized {
         _residual: &Tensor<4>,
     ) -> Option<Result<Tensor<4>, AttentionError>> {
         None
+    }
+
+    /// The unit's BatchNorm layers, for code that sets their statistics (stochastic weight
+    /// averaging recomputes them for the averaged weights).
+    fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
+        Vec::new()
     }
 
     /// Append the unit's inference-time computation to `graph` as standard ONNX operators,
@@ -155,6 +161,9 @@ impl AttentionUnit for Cbam {
     fn attention_map(&self, x: Tensor<4>) -> Option<Tensor<4>> {
         Some(Cbam::attention_map(self, x))
     }
+    fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
+        vec![&mut self.spatial_norm]
+    }
     fn to_onnx(
         &self,
         graph: &mut OnnxGraph,
@@ -182,6 +191,9 @@ impl AttentionUnit for StyleRecalibration {
     }
     fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
         Ok(self.forward(x))
+    }
+    fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
+        vec![&mut self.norm]
     }
     fn to_onnx(
         &self,
@@ -389,6 +401,13 @@ macro_rules! attention_units {
                     })*
                 };
                 fused.map(|result| result.unwrap_or_else(|error| panic!("{error}")))
+            }
+
+            /// The unit's BatchNorm layers (see [`AttentionUnit::batch_norms_mut`]).
+            pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
+                match self {
+                    $(Attention::$variant(unit) => AttentionUnit::batch_norms_mut(unit),)*
+                }
             }
 
             /// The unit's spatial attention map `[B, 1, H, W]`, where it has one.

@@ -100,6 +100,15 @@ pub struct TrainSettings {
     /// [default: 0 = off].
     #[arg(long, value_name = "D")]
     ema_decay: Option<f64>,
+    /// Stochastic weight averaging: train the last N epochs at the constant rate --swa-lr,
+    /// average their end-of-epoch weights (BatchNorm statistics recomputed on the training
+    /// images), and validate, select and keep the average from then on; the schedule runs
+    /// over the epochs before, a cosine ending at --swa-lr [default: 0 = off].
+    #[arg(long, value_name = "N")]
+    swa_epochs: Option<usize>,
+    /// Learning rate of the averaging phase [default: 0.01; needs --swa-epochs].
+    #[arg(long, value_name = "LR")]
+    swa_lr: Option<f64>,
     /// Start from pretrained weights: a torchvision checkpoint (.pth/.pt state dict or
     /// .safetensors of resnet18/34/50) or a run folder (of `ppcr import` or `ppcr train`). A new
     /// classifier where the classes differ; attention units start from their own initialisation.
@@ -248,6 +257,12 @@ pub fn resolve_config(
     }
     if let Some(decay) = args.ema_decay {
         config.ema_decay = decay;
+    }
+    if let Some(epochs) = args.swa_epochs {
+        config.swa_epochs = epochs;
+    }
+    if let Some(lr) = args.swa_lr {
+        config.swa_lr = lr;
     }
     if let Some(pretrained) = &args.pretrained {
         config.pretrained = Some(pretrained.clone());

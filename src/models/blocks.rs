@@ -115,6 +115,14 @@ impl Shortcut {
         }
     }
 
+    /// The shortcut's BatchNorm, where it has one.
+    pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
+        match self {
+            Shortcut::Projection(shortcut) => vec![&mut shortcut.norm],
+            Shortcut::Identity(_) | Shortcut::ZeroPad(_) => Vec::new(),
+        }
+    }
+
     /// Map the block input to the shape of the branch output.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
@@ -314,6 +322,25 @@ impl ResidualBlock {
             None => layers::add_relu(attention.forward(branch), shortcut),
         };
         (features, map)
+    }
+
+    /// Every BatchNorm of the block: the branch's, the attention unit's and the shortcut's.
+    pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
+        let (mut norms, attention, shortcut) = match self {
+            ResidualBlock::Basic(block) => (
+                vec![&mut block.bn1, &mut block.bn2],
+                &mut block.attention,
+                &mut block.shortcut,
+            ),
+            ResidualBlock::Bottleneck(block) => (
+                vec![&mut block.bn1, &mut block.bn2, &mut block.bn3],
+                &mut block.attention,
+                &mut block.shortcut,
+            ),
+        };
+        norms.extend(attention.batch_norms_mut());
+        norms.extend(shortcut.batch_norms_mut());
+        norms
     }
 
     /// The block's attention unit.

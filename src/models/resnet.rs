@@ -258,6 +258,19 @@ impl ResNet {
                 .map_or(0, crate::params::count_trainable)
     }
 
+    /// Every BatchNorm of the network, in forward order (the stem's, then each block's): for
+    /// code that sets how their statistics update, as stochastic weight averaging does when it
+    /// recomputes them.
+    pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
+        let mut norms = vec![&mut self.stem.norm];
+        for stage in &mut self.stages {
+            for block in &mut stage.blocks {
+                norms.extend(block.batch_norms_mut());
+            }
+        }
+        norms
+    }
+
     /// Every block's attention unit, stage by stage.
     pub fn attention_units(&self) -> impl Iterator<Item = &Attention> {
         self.stages

@@ -76,6 +76,15 @@ pub struct TrainConfig {
     /// Absent from a saved run's config, it is 0: runs of earlier versions kept no average.
     #[serde(default)]
     pub ema_decay: f64,
+    /// Stochastic weight averaging over the last this many epochs: they train at the constant
+    /// rate `swa_lr`, the average of their end-of-epoch weights (with BatchNorm statistics
+    /// recomputed on the training data) is what validation scores and the run keeps from
+    /// then on (0 = off).
+    #[serde(default)]
+    pub swa_epochs: usize,
+    /// The learning rate of the averaging phase, with `swa_epochs`.
+    #[serde(default = "default_swa_lr")]
+    pub swa_lr: f64,
     /// Per-epoch log format.
     pub log_format: LogFormat,
     /// What to do with an unreadable image file: `fail` (default) or `skip` with a warning.
@@ -137,6 +146,8 @@ impl Default for TrainConfig {
             std: None,
             select_on: SelectionMetric::Last,
             ema_decay: 0.0,
+            swa_epochs: 0,
+            swa_lr: super::DEFAULT_SWA_LR,
             log_format: LogFormat::Csv,
             on_bad_file: BadFilePolicy::default(),
             val_fraction: 0.1,
@@ -212,6 +223,26 @@ impl TrainConfig {
                 "ema_decay must be 0 (off) or between 0 and 1 (e.g. 0.99), not {}",
                 self.ema_decay
             ));
+        }
+        if self.swa_epochs > 0 && self.swa_epochs >= self.epochs {
+            problems.push(format!(
+                "swa_epochs ({}) must be below epochs ({}): the schedule needs at least one \
+                 epoch before the averaging phase",
+                self.swa_epochs, self.epochs
+            ));
+        }
+        if self.swa_epochs > 0 && self.ema_decay > 0.0 {
+            problems
+                .push("swa_epochs and ema_decay both average the weights: give one of them".into());
+        }
+        if !(self.swa_lr.is_finite() && self.swa_lr > 0.0) {
+            problems.push(format!(
+                "swa_lr must be a positive number, not {}",
+                self.swa_lr
+            ));
+        }
+        if self.swa_epochs == 0 && self.swa_lr != super::DEFAULT_SWA_LR {
+            problems.push("swa_lr applies to weight averaging: give swa_epochs > 0 too".into());
         }
         if !(self.backbone_lr_factor.is_finite() && self.backbone_lr_factor > 0.0) {
             problems.push(format!(
@@ -301,6 +332,10 @@ impl TrainConfig {
             Err(problems.join("; "))
         }
     }
+}
+
+fn default_swa_lr() -> f64 {
+    super::DEFAULT_SWA_LR
 }
 
 /// What is wrong with `schedule` for a run of `epochs` epochs at peak rate `lr`: values that
@@ -557,6 +592,38 @@ mod tests {
             problems.contains("epochs") && problems.contains("lr") && problems.contains("channels")
         );
         assert!(TrainConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn weight_averaging_settings_that_cannot_act_are_refused() {
+        assert!(problems(|c| c.swa_epochs = 20).is_empty());
+        assert!(problems(|c| c.swa_epochs = 80).contains("swa_epochs (80) must be below epochs"));
+        assert!(
+            problems(|c| {
+                c.swa_epochs = 10;
+                c.ema_decay = 0.99
+            })
+            .contains("give one of them")
+        );
+        assert!(
+            problems(|c| {
+                c.swa_epochs = 10;
+                c.swa_lr = 0.0
+            })
+            .contains("swa_lr must be a positive number")
+        );
+        assert!(problems(|c| c.swa_lr = 0.02).contains("give swa_epochs > 0 too"));
+        // A saved run of an earlier version has neither key.
+        let earlier = TrainConfig::default()
+            .to_toml()
+            .lines()
+            .filter(|line| !line.starts_with("swa_"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            TrainConfig::from_toml(&earlier).unwrap(),
+            TrainConfig::default()
+        );
     }
 
     #[test]

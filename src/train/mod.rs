@@ -5,7 +5,6 @@
 
 mod config;
 mod data_parallel;
-mod ema;
 mod evaluate;
 mod import;
 mod observer;
@@ -15,7 +14,9 @@ mod prefetch;
 mod recipe;
 mod schedule;
 mod supcon;
+mod swa;
 mod trainer;
+mod weight_average;
 
 pub use config::TrainConfig;
 pub use evaluate::{SplitEvaluation, evaluate_split, load_trained_model, predict_probabilities};
@@ -25,6 +26,7 @@ pub use precision::{LossScaler, Precision, unsupported_on};
 pub use recipe::{RECIPES, recipe};
 pub use schedule::LrSchedule;
 pub use supcon::{DEFAULT_TEMPERATURE, supcon_loss};
+pub use swa::DEFAULT_SWA_LR;
 pub use trainer::{TrainOutcome, saved_settings_differences, train, train_on};
 
 /// The optimizer `train` builds for the default configuration (for the fuzz targets).

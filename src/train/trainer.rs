@@ -22,10 +22,11 @@ use rand_chacha::ChaCha8Rng;
 use super::data_parallel::{
     BatchGradients, ContrastiveTerm, DataParallel, MixedPrecision, StepStats,
 };
-use super::ema::WeightAverage;
 use super::evaluate::{SplitEvaluation, evaluate_split};
 use super::param_groups::BackboneGroup;
 use super::prefetch::EpochBatches;
+use super::swa::{Swa, recompute_batch_norm};
+use super::weight_average::WeightAverage;
 use super::{LossScaler, StepProgress, TrainConfig, TrainError, TrainObserver, unsupported_on};
 use crate::attention::AttentionConfig;
 use crate::data::{AugmentConfig, Dataset, Normalization};
@@ -455,14 +456,20 @@ pub fn train_on(
     // Drop the last incomplete batch: a batch of one breaks BatchNorm's statistics.
     let steps_per_epoch = (train_size / batch_size).max(1);
     let total_steps = steps_per_epoch * config.epochs;
+    let swa = Swa::of(config);
+    // Epochs already in a resumed run's equal average.
+    let averaged_epochs = swa.as_ref().map_or(0, |swa| {
+        state.epochs_completed.saturating_sub(swa.start_epoch)
+    });
+    // A resumed run's average is its latest kept model, loaded into a copy with BatchNorm
+    // statistics of its own.
+    let latest = || run.load_model(model.valid(), "latest");
     let mut average = if config.ema_decay > 0.0 {
-        let start = if resuming {
-            &run.load_model(model.clone(), "latest")?
-        } else {
-            &model
-        };
+        let start = if resuming { &latest()? } else { &model };
         let updates = state.epochs_completed * steps_per_epoch;
-        Some(WeightAverage::new(config.ema_decay, start, updates))
+        Some(WeightAverage::exponential(config.ema_decay, start, updates))
+    } else if averaged_epochs > 0 {
+        Some(WeightAverage::equal(&latest()?, averaged_epochs))
     } else {
         None
     };
@@ -488,6 +495,14 @@ pub fn train_on(
         shape.channels
     );
     summary.push_str(&starting_point);
+    if let Some(swa) = &swa {
+        summary.push_str(&format!(
+            "; weights averaged over epochs {}-{} at lr {}",
+            swa.start_epoch + 1,
+            config.epochs,
+            swa.lr
+        ));
+    }
     if let Some(last) = state
         .history
         .last()
@@ -508,8 +523,8 @@ pub fn train_on(
     // costs nothing and a divergence is caught at its step; a GPU queues work, and a read
     // would stop it, so there they are read only as often as the progress display updates.
     let read_every_step = device == &Device::flex();
-    for epoch in state.epochs_completed..config.epochs {
-        let epoch_started = Instant::now();
+    // An epoch's batches in its seeded order, and the generator that augments them.
+    let epoch_batches = |epoch: usize, views: usize| {
         let mut rng = epoch_rng(config.seed, epoch);
         let mut order: Vec<usize> = (0..train_size).collect();
         order.shuffle(&mut rng);
@@ -520,8 +535,13 @@ pub fn train_on(
             steps: steps_per_epoch,
             augment: &augment,
             normalization: &normalization,
-            views: if contrastive { 2 } else { 1 },
+            views,
         };
+        (batches, rng)
+    };
+    for epoch in state.epochs_completed..config.epochs {
+        let epoch_started = Instant::now();
+        let (batches, rng) = epoch_batches(epoch, if contrastive { 2 } else { 1 });
         let (stepped, lr, loss_sum, correct, seen, contrastive_sum) =
             batches.run(rng, |batches| {
                 let mut model = model;
@@ -532,10 +552,15 @@ pub fn train_on(
                 let mut lr = config.lr;
                 for (step, (pixels, labels)) in batches.enumerate() {
                     let global_step = epoch * steps_per_epoch + step;
-                    lr =
-                        config
-                            .schedule
-                            .lr_at(config.lr, global_step, steps_per_epoch, total_steps);
+                    lr = match &swa {
+                        Some(swa) => swa.lr_at(config.lr, global_step, steps_per_epoch),
+                        None => config.schedule.lr_at(
+                            config.lr,
+                            global_step,
+                            steps_per_epoch,
+                            total_steps,
+                        ),
+                    };
                     let mixed = MixedPrecision {
                         dtype: config.precision.convolution_dtype(),
                         loss_scale: loss_scaler.as_ref().map_or(1.0, LossScaler::scale),
@@ -571,7 +596,9 @@ pub fn train_on(
                         (Some(grads), None) => optim.step(lr, stepped, grads),
                         (None, _) => stepped,
                     };
-                    if let Some(average) = average.as_mut() {
+                    if config.ema_decay > 0.0
+                        && let Some(average) = average.as_mut()
+                    {
                         average.update(&model);
                     }
                     running = running.add(stats);
@@ -604,7 +631,30 @@ pub fn train_on(
             })?;
         model = stepped;
         let train_seconds = epoch_started.elapsed().as_secs_f64();
-        let averaged = average.as_ref().map(|a| a.apply_to(model.clone()));
+        if let Some(swa) = &swa
+            && swa.averages(epoch)
+        {
+            match average.as_mut() {
+                Some(average) => average.update(&model),
+                None => average = Some(WeightAverage::equal(&model, 1)),
+            }
+        }
+        let mut averaged = average.as_ref().map(|a| a.apply_to(&model));
+        if swa.is_some()
+            && let Some(weights) = averaged.take()
+        {
+            // The statistics of the averaged weights, from this epoch's images (one view each,
+            // augmented as in training, in the epoch's order).
+            let (batches, rng) = epoch_batches(epoch, 1);
+            averaged = Some(batches.run(rng, |batches| {
+                recompute_batch_norm(
+                    weights.train(),
+                    batches.map(|(pixels, _)| pixels),
+                    image_dims,
+                    &train_device,
+                )
+            }));
+        }
         let val = evaluate_split(
             averaged.as_ref().unwrap_or(&model),
             &dataset.val,
