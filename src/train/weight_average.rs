@@ -4,7 +4,8 @@
 //!   decay warmed up as `d_t = min(d, (1 + t) / (10 + t))` after `t` updates so that a short
 //!   run is not dominated by its initialisation;
 //! - an equal-weight average (stochastic weight averaging, Izmailov et al. 2018): the mean of
-//!   the weights at the end of each epoch of the averaging phase, `d_t = t / (t + 1)`.
+//!   the weights at the end of each epoch of the averaging phase; a mean of `n` models keeps
+//!   `n / (n + 1)` of itself when the next one comes in.
 //!
 //! Both cover every float tensor of the model, the BatchNorm running statistics included. The
 //! average, not the last step's weights, is what validation scores and what the run keeps.
