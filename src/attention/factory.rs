@@ -12,6 +12,7 @@ use burn::nn::{BatchNorm, Identity};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::cpu::conv::AffineConvolution;
 use crate::onnx::{OnnxError, OnnxGraph};
 
 use super::{
@@ -61,6 +62,17 @@ pub trait AttentionUnit: Sized {
     fn try_forward_add_relu(
         &self,
         _x: &Tensor<4>,
+        _residual: &Tensor<4>,
+    ) -> Option<Result<Tensor<4>, AttentionError>> {
+        None
+    }
+
+    /// `relu(forward(y) + residual)` for `y` the output of `convolution`, where the unit folds
+    /// itself and the block's end into the convolution kernel (it reads each output sample
+    /// while in cache, and `y` is never written as a whole); `None` leaves it to the caller.
+    fn try_convolution_forward_add_relu(
+        &self,
+        _convolution: &AffineConvolution,
         _residual: &Tensor<4>,
     ) -> Option<Result<Tensor<4>, AttentionError>> {
         None
@@ -277,6 +289,13 @@ impl AttentionUnit for Ppcr {
     ) -> Option<Result<Tensor<4>, AttentionError>> {
         Ppcr::try_forward_add_relu(self, x, residual)
     }
+    fn try_convolution_forward_add_relu(
+        &self,
+        convolution: &AffineConvolution,
+        residual: &Tensor<4>,
+    ) -> Option<Result<Tensor<4>, AttentionError>> {
+        Ppcr::try_convolution_forward_add_relu(self, convolution, residual)
+    }
     fn to_onnx(
         &self,
         graph: &mut OnnxGraph,
@@ -398,6 +417,23 @@ macro_rules! attention_units {
                 let fused = match self {
                     $(Attention::$variant(unit) => {
                         AttentionUnit::try_forward_add_relu(unit, x, residual)
+                    })*
+                };
+                fused.map(|result| result.unwrap_or_else(|error| panic!("{error}")))
+            }
+
+            /// `relu(forward(y) + residual)` for `y` the output of `convolution`, in the
+            /// convolution kernel where the unit has a kernel for it (see
+            /// [`AttentionUnit::try_convolution_forward_add_relu`]); panics where `forward`
+            /// would.
+            pub fn convolution_forward_add_relu(
+                &self,
+                convolution: &AffineConvolution,
+                residual: &Tensor<4>,
+            ) -> Option<Tensor<4>> {
+                let fused = match self {
+                    $(Attention::$variant(unit) => {
+                        AttentionUnit::try_convolution_forward_add_relu(unit, convolution, residual)
                     })*
                 };
                 fused.map(|result| result.unwrap_or_else(|error| panic!("{error}")))

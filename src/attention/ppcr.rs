@@ -19,6 +19,8 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData, activation::sigmoid};
 
 use super::AttentionError;
+use crate::kernels::cpu::conv::AffineConvolution;
+use crate::kernels::cpu::conv_ppcr;
 use crate::kernels::cpu::ppcr as ppcr_fused;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 use crate::kernels::cube::ppcr as ppcr_cube;
@@ -170,6 +172,48 @@ impl Ppcr {
         })
     }
 
+    /// `relu(self.forward(y) + residual)` for `y` the output of `convolution`, with the unit
+    /// and the residual end applied to each sample as the convolution kernel writes it, where
+    /// the CPU kernels take these tensors (plain Flex, inference): `None` where they do not.
+    /// An error where `y` does not fit the unit.
+    pub fn try_convolution_forward_add_relu(
+        &self,
+        convolution: &AffineConvolution,
+        residual: &Tensor<4>,
+    ) -> Option<Result<Tensor<4>, AttentionError>> {
+        let [_, channels, height, width] = convolution.output_dims;
+        let weights = match self
+            .check_channels(channels)
+            .and_then(|()| self.weights_for([height, width]))
+        {
+            Ok(weights) => weights,
+            Err(error) => return Some(Err(error)),
+        };
+        let AffineConvolution {
+            x,
+            weight,
+            affine,
+            stride,
+            padding,
+            output_dims,
+        } = convolution.clone();
+        let takes_kernel = residual.dims() == output_dims
+            && conv_ppcr::available(&x, &weight, &weights, residual, self.levels);
+        takes_kernel.then(|| {
+            Ok(conv_ppcr::conv2d_affine_ppcr_add_relu(
+                x,
+                weight,
+                affine,
+                weights,
+                residual.clone(),
+                stride,
+                padding,
+                self.levels,
+                self.epsilon,
+            ))
+        })
+    }
+
     /// The forward pass composed of burn tensor operations (the factorised formulation of
     /// [`Ppcr::try_attention_map`] times `x`): what backends without the fused kernel run, and
     /// what the fused kernel's values and gradients are tested against.
@@ -269,13 +313,18 @@ impl Ppcr {
     /// `[B, H, W]` of an input with the unit's channel count.
     fn check_shape(&self, x: &Tensor<4>) -> Result<[usize; 3], AttentionError> {
         let [batch, channels, height, width] = x.dims();
+        self.check_channels(channels)?;
+        Ok([batch, height, width])
+    }
+
+    fn check_channels(&self, channels: usize) -> Result<(), AttentionError> {
         if channels != self.channels {
             return Err(AttentionError::ShapeMismatch(format!(
                 "ppcr: unit built for {} channels was fed {channels}",
                 self.channels
             )));
         }
-        Ok([batch, height, width])
+        Ok(())
     }
 
     /// The unit's weights at `[height, width]`: as built, or resized when configured to.

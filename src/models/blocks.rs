@@ -310,6 +310,14 @@ impl ResidualBlock {
             let features = layers::conv_batch_norm_add_relu(conv, bn, inner, shortcut.forward(x));
             return (features, None);
         }
+        if !want_map && let Some(convolution) = layers::affine_convolution(conv, bn, &inner) {
+            let shortcut = shortcut.forward(x);
+            let features = match attention.convolution_forward_add_relu(&convolution, &shortcut) {
+                Some(features) => features,
+                None => Self::attention_add_relu(attention, convolution.forward(), shortcut),
+            };
+            return (features, None);
+        }
         let branch = layers::conv_batch_norm(conv, bn, inner, false);
         let map = if want_map {
             attention.attention_map(branch.clone())
@@ -317,11 +325,19 @@ impl ResidualBlock {
             None
         };
         let shortcut = shortcut.forward(x);
-        let features = match attention.forward_add_relu(&branch, &shortcut) {
+        (Self::attention_add_relu(attention, branch, shortcut), map)
+    }
+
+    /// `relu(attention(branch) + shortcut)`, in one pass where the unit has a kernel for it.
+    fn attention_add_relu(
+        attention: &Attention,
+        branch: Tensor<4>,
+        shortcut: Tensor<4>,
+    ) -> Tensor<4> {
+        match attention.forward_add_relu(&branch, &shortcut) {
             Some(features) => features,
             None => layers::add_relu(attention.forward(branch), shortcut),
-        };
-        (features, map)
+        }
     }
 
     /// Every BatchNorm of the block: the branch's, the attention unit's and the shortcut's.
@@ -382,6 +398,48 @@ mod tests {
         assert_eq!(conv_output_size(112, 3, 2, 1), 56);
         assert_eq!(conv_output_size(7, 3, 2, 1), 4);
         assert_eq!(conv_output_size(32, 3, 1, 1), 32);
+    }
+
+    #[test]
+    fn ppcr_folded_into_the_convolution_gives_the_layers_bits() {
+        use crate::attention::testing::{ppcr_with_random_weights, random_tensor, values};
+        let device = Device::flex();
+        let attention = AttentionConfig::new(AttentionKind::Ppcr);
+        for (seed, (in_channels, stride, shortcut)) in [
+            (12, 1, ShortcutKind::ZeroPad),
+            (10, 2, ShortcutKind::Projection),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let spec = BlockSpec {
+                in_channels,
+                planes: 12,
+                stride,
+                output_size: [(9 - 1) / stride + 1, (7 - 1) / stride + 1],
+                shortcut,
+                attention: &attention,
+            };
+            let mut block = BasicBlock::new(&spec, &device).unwrap();
+            // Seeded unit weights: the unit starts at zero, which hides most of its arithmetic.
+            block.attention = Attention::Ppcr(ppcr_with_random_weights(
+                12,
+                spec.output_size,
+                4,
+                5,
+                &device,
+            ));
+            let block = ResidualBlock::Basic(block);
+            let x = random_tensor([3, in_channels, 9, 7], seed as u64 + 7, &device);
+            // Asking for the map takes the layers one by one; not asking folds PPCR and the
+            // block's end into the last convolution's kernel.
+            let (folded, _) = block.forward_with_attention_map(x.clone(), false);
+            let (layered, map) = block.forward_with_attention_map(x, true);
+            assert!(map.is_some());
+            let (folded, layered) = (values(folded), values(layered));
+            assert!(folded.contains(&0.0) && folded.iter().any(|&v| v > 0.0));
+            assert_eq!(folded, layered, "stride {stride}");
+        }
     }
 
     #[test]

@@ -116,6 +116,30 @@ pub fn conv_batch_norm_add_relu(
     add_relu(conv_batch_norm(conv, bn, x, false), residual)
 }
 
+/// `bn.forward(conv.forward(x))` in inference as the convolution kernel would run it, for a
+/// unit to fold itself into (see [`conv_kernel::AffineConvolution`]); `None` where
+/// [`conv_batch_norm`] would not take the kernel.
+pub fn affine_convolution(
+    conv: &Conv2d,
+    bn: &BatchNorm,
+    x: &Tensor<4>,
+) -> Option<conv_kernel::AffineConvolution> {
+    let weight = conv.weight.val();
+    if !conv_kernel::affine_available(x, &weight) {
+        return None;
+    }
+    let padding = kernel_padding(conv, x)?;
+    let output_dims = output_dims(conv, x, padding)?;
+    Some(conv_kernel::AffineConvolution {
+        x: x.clone(),
+        weight,
+        affine: inference_affine(bn, &x.device()),
+        stride: conv.stride,
+        padding,
+        output_dims,
+    })
+}
+
 /// The symmetric padding `[ph, pw]` with which the convolution kernel runs `conv` on `x`, or
 /// `None` where burn's layer must: kernels off, groups, dilation, a bias, uneven padding
 /// (`Explicit(top, left, bottom, right)`; `Same` with an even kernel pads unevenly), or

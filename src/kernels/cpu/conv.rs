@@ -141,6 +141,39 @@ pub fn conv2d_affine(
     ))
 }
 
+/// A convolution and the inference BatchNorm after it, `conv2d(x, weight) * scale + shift`,
+/// as [`conv2d_affine`] takes them: what a layer after it (an attention unit) may fold into the
+/// kernel's output instead of reading the output back.
+#[derive(Debug, Clone)]
+pub struct AffineConvolution {
+    /// The input `[B, Ci, H, W]`.
+    pub x: Tensor<4>,
+    /// The weight `[Co, Ci, kh, kw]`.
+    pub weight: Tensor<4>,
+    /// `[scale, shift]`, each `[Co]`.
+    pub affine: [Tensor<1>; 2],
+    /// The stride.
+    pub stride: [usize; 2],
+    /// The symmetric zero padding `[ph, pw]`.
+    pub padding: [usize; 2],
+    /// The output's shape `[B, Co, Ho, Wo]`.
+    pub output_dims: [usize; 4],
+}
+
+impl AffineConvolution {
+    /// `conv2d(x, weight) * scale + shift`, by [`conv2d_affine`].
+    pub fn forward(self) -> Tensor<4> {
+        conv2d_affine(
+            self.x,
+            self.weight,
+            self.affine,
+            self.stride,
+            self.padding,
+            false,
+        )
+    }
+}
+
 /// `relu(conv2d(x, weight) * scale + shift + residual)`; the caller checks what
 /// [`conv2d_affine`] needs and that `residual` has the output's shape and lives on Flex.
 pub fn conv2d_affine_add_relu(
@@ -174,7 +207,7 @@ impl ConvAffineOps for Flex {
     ) -> FlexTensor {
         let (scale, shift) = (contiguous_values(&scale), contiguous_values(&shift));
         let map = OutputMap::new(&weight, &scale, &shift, None, relu);
-        forward(&x, &weight, stride, padding, Some(&map))
+        forward(&x, &weight, stride, padding, Some(&map), None)
     }
 
     fn conv2d_affine_add_relu_fused(
@@ -190,7 +223,7 @@ impl ConvAffineOps for Flex {
         let residual_shape = residual.shape();
         let residual = contiguous_values(&residual);
         let map = OutputMap::new(&weight, &scale, &shift, Some(&residual), true);
-        let output = forward(&x, &weight, stride, padding, Some(&map));
+        let output = forward(&x, &weight, stride, padding, Some(&map), None);
         assert_eq!(
             output.shape(),
             residual_shape,
@@ -284,8 +317,41 @@ impl ConvOps for Flex {
         stride: [usize; 2],
         padding: [usize; 2],
     ) -> FlexTensor {
-        forward(&x, &weight, stride, padding, None)
+        forward(&x, &weight, stride, padding, None, None)
     }
+}
+
+/// Work on each output sample right after the kernel has computed all of it, while it is still
+/// in cache: what a following layer would otherwise do in a pass of its own over the whole
+/// batch (the PPCR unit and the residual end of a block, `conv_ppcr`).
+pub(super) trait SampleEpilogue: Sync {
+    /// Write output sample `sample` (`[Co, Ho, Wo]`) into `out` from `computed`, the
+    /// kernel's values for it (after the [`OutputMap`]).
+    fn finish(&self, sample: usize, computed: &[f32], out: &mut [MaybeUninit<f32>]);
+}
+
+/// `[relu](conv2d(X, W) * scale + shift)` as [`ConvAffineOps::conv2d_affine_fused`] computes
+/// it, then `epilogue` on each output sample.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv2d_affine_then(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    scale: &FlexTensor,
+    shift: &FlexTensor,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    relu: bool,
+    epilogue: &dyn SampleEpilogue,
+) -> FlexTensor {
+    let (scale, shift) = (contiguous_values(scale), contiguous_values(shift));
+    let map = OutputMap::new(weight, &scale, &shift, None, relu);
+    forward(x, weight, stride, padding, Some(&map), Some(epilogue))
+}
+
+/// `values`, every one written, as initialised values.
+fn written(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: the callers pass only values they wrote; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 impl<C: CheckpointStrategy> ConvOps for Autodiff<Flex, C> {
@@ -298,7 +364,7 @@ impl<C: CheckpointStrategy> ConvOps for Autodiff<Flex, C> {
         let guards = [x.node(), weight.node()];
         let x = x.into_primitive();
         let weight = weight.into_primitive();
-        let output = forward(&x, &weight, stride, padding, None);
+        let output = forward(&x, &weight, stride, padding, None, None);
         match ConvBackward.prepare::<C>(guards).compute_bound().stateful() {
             // The backward step rebuilds each sample's im2col matrix from `x` instead of keeping
             // it: `kh * kw` times the input's memory would sit in every layer until the backward.
@@ -366,7 +432,7 @@ impl Backward<Flex, 2> for ConvBackward {
             .and_then(|shape| shape.input_gradient());
         if let (Some(shape), Some(grad_x)) = (direct, grad_x.as_deref_mut()) {
             let blocked = conv_direct::input_gradient_weights(&shape, &weight);
-            convolve_samples(&shape, &blocked, &grad_output, grad_x, None);
+            convolve_samples(&shape, &blocked, &grad_output, grad_x, None, None);
         }
         let tiled_grad_x = match direct {
             Some(_) => None,
@@ -742,11 +808,26 @@ fn scatter_tile(matrix: &[f32], channels: usize, pixels: usize, samples: &mut [M
     for (j, sample) in samples.chunks_exact_mut(channels * pixels).enumerate() {
         for (c, plane) in sample.chunks_exact_mut(pixels).enumerate() {
             let at = (c * count + j) * pixels;
-            for (value, &source) in plane.iter_mut().zip(&matrix[at..at + pixels]) {
-                value.write(source);
-            }
+            copy_into(&matrix[at..at + pixels], plane);
         }
     }
+}
+
+/// Write `source` into `target`, value by value.
+fn copy_into(source: &[f32], target: &mut [MaybeUninit<f32>]) {
+    for (value, &source) in target.iter_mut().zip(source) {
+        value.write(source);
+    }
+}
+
+/// The first `len` values of `buffer` (grown where it is shorter), to be written in full.
+fn uninit(buffer: &mut Vec<f32>, len: usize) -> &mut [MaybeUninit<f32>] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and every caller writes only initialised
+    // values.
+    unsafe { &mut *(&mut buffer[..len] as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// `values` set to zero and handed back as initialised.
@@ -827,13 +908,15 @@ unsafe fn matmul(
     }
 }
 
-/// `Y = conv2d(X, W)`, each output value passed through `map` where given.
+/// `Y = conv2d(X, W)`, each output value passed through `map` where given, then each output
+/// sample through `epilogue` where given.
 fn forward(
     x: &FlexTensor,
     weight: &FlexTensor,
     stride: [usize; 2],
     padding: [usize; 2],
     map: Option<&OutputMap>,
+    epilogue: Option<&dyn SampleEpilogue>,
 ) -> FlexTensor {
     let geometry = Geometry::of(&x.shape(), &weight.shape(), stride, padding);
     let x = contiguous_values(x);
@@ -847,7 +930,7 @@ fn forward(
     ]);
     if let Some(shape) = geometry.direct_shape() {
         let blocked = conv_direct::forward_weights(&shape, &weight);
-        convolve_samples(&shape, &blocked, &x, &mut output, map);
+        convolve_samples(&shape, &blocked, &x, &mut output, map, epilogue);
         // SAFETY: `convolve_samples` wrote every sample's output.
         return flex_tensor(unsafe { assume_written(output) }, out_shape);
     }
@@ -870,7 +953,7 @@ fn forward(
             }
             scratch.col.as_slice()
         };
-        let dst = if count == 1 {
+        let dst = if count == 1 && epilogue.is_none() {
             out.as_mut_ptr().cast::<f32>()
         } else {
             scratch.matrix.resize(geometry.out_channels * columns, 0.0);
@@ -888,13 +971,29 @@ fn forward(
                 parallelism,
             )
         }
-        if count > 1 {
-            scatter_tile(&scratch.matrix, geometry.out_channels, pixels, out);
-        }
-        if let Some(map) = map {
-            // The product or `scatter_tile` wrote every value of `out`.
-            let at = index * geometry.samples_per_tile() * geometry.out_sample_len();
-            map.apply_in_place(at, out, pixels);
+        let first = index * geometry.samples_per_tile();
+        let Some(epilogue) = epilogue else {
+            if count > 1 {
+                scatter_tile(&scratch.matrix, geometry.out_channels, pixels, out);
+            }
+            if let Some(map) = map {
+                // The product or `scatter_tile` wrote every value of `out`.
+                map.apply_in_place(first * geometry.out_sample_len(), out, pixels);
+            }
+            return;
+        };
+        let sample_len = geometry.out_sample_len();
+        for (j, out) in out.chunks_exact_mut(sample_len).enumerate() {
+            // Sample `j`'s planes, mapped on their way out of the tile's matrix.
+            let computed = uninit(&mut scratch.computed, sample_len);
+            for (c, plane) in computed.chunks_exact_mut(pixels).enumerate() {
+                let from = &scratch.matrix[(c * count + j) * pixels..][..pixels];
+                match map {
+                    Some(map) => map.write((first + j) * sample_len + c * pixels, c, from, plane),
+                    None => copy_into(from, plane),
+                }
+            }
+            epilogue.finish(first + j, written(computed), out);
         }
     };
     let samples = geometry.samples_per_tile();
@@ -920,13 +1019,15 @@ fn forward(
 }
 
 /// The direct path over a batch: each sample's input convolved into its output (each value
-/// passed through `map` where given), samples spread over the threads.
+/// passed through `map`, then the sample through `epilogue`, where given), samples spread over
+/// the threads.
 fn convolve_samples(
     shape: &DirectShape,
     blocked: &[f32],
     inputs: &[f32],
     outputs: &mut [MaybeUninit<f32>],
     map: Option<&OutputMap>,
+    epilogue: Option<&dyn SampleEpilogue>,
 ) {
     let [ho, wo] = shape.out_size();
     let in_len = shape.in_channels * shape.size[0] * shape.size[1];
@@ -935,10 +1036,20 @@ fn convolve_samples(
         .par_chunks_exact(in_len)
         .zip(outputs.par_chunks_exact_mut(out_len))
         .enumerate()
-        .for_each_init(DirectScratch::default, |scratch, (b, (input, out))| {
-            let map = map.map(|map| (map, b * out_len));
-            conv_direct::convolve_sample(shape, blocked, input, out, scratch, map)
-        });
+        .for_each_init(
+            || (DirectScratch::default(), Vec::new()),
+            |(scratch, computed), (b, (input, out))| {
+                let map = map.map(|map| (map, b * out_len));
+                let Some(epilogue) = epilogue else {
+                    conv_direct::convolve_sample(shape, blocked, input, out, scratch, map);
+                    return;
+                };
+                let computed = uninit(computed, out_len);
+                conv_direct::convolve_sample(shape, blocked, input, computed, scratch, map);
+                // `convolve_sample` wrote every value of `computed`.
+                epilogue.finish(b, written(computed), out);
+            },
+        );
 }
 
 /// Buffers a thread reuses from tile to tile: the im2col matrix (or its gradient) and a
@@ -951,6 +1062,8 @@ struct Scratch {
     dy_rows: Vec<f32>,
     /// One sample's input in NHWC order (weight gradient only).
     nhwc: Vec<f32>,
+    /// One output sample for the [`SampleEpilogue`] (forward only).
+    computed: Vec<f32>,
 }
 
 /// `dX` (when `grad_x` is given) and `dW` (when `want_weight`): per tile of samples,
@@ -1353,7 +1466,7 @@ fn patch_major_to_channel_major(geometry: &Geometry, sum: &[f32]) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::attention::testing::{assert_matches_reference, device, random_tensor, values};
     use burn::tensor::TensorData;
@@ -1408,7 +1521,7 @@ mod tests {
 
     /// Run `check` with the direct path allowed and then forbidden (on a processor without
     /// AVX-512F both runs take im2col).
-    fn with_each_path(check: impl Fn(&str)) {
+    pub(in crate::kernels::cpu) fn with_each_path(check: impl Fn(&str)) {
         for direct in [true, false] {
             DIRECT_PATH.with(|enabled| enabled.set(direct));
             check(if direct { "direct" } else { "im2col" });

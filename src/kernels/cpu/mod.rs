@@ -9,6 +9,7 @@ pub(crate) mod channel_ops;
 pub(crate) mod common;
 pub(crate) mod conv;
 mod conv_direct;
+pub(crate) mod conv_ppcr;
 pub(crate) mod ppcr;
 pub(crate) mod residual;
 pub(crate) mod simam;

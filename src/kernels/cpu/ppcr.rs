@@ -37,6 +37,7 @@ use super::common::{
     assume_written, contiguous_values, dispatch_vector_width, flex_tensor, items_per_task,
     on_flex_f32, relu, sigmoid, unwritten, writable_contiguous,
 };
+use super::conv::SampleEpilogue;
 use crate::kernels::pyramid::{group_start, pyramid_maps};
 
 /// The fused PPCR recalibration as a backend extension operation.
@@ -74,8 +75,11 @@ pub fn recalibrate(x: Tensor<4>, weights: Tensor<3>, levels: usize, epsilon: f64
 }
 
 /// The recalibration followed by the end of a residual block, `relu(X * A + residual)`, as one
-/// pass on plain Flex tensors (inference): the recalibrated map is never written on its own.
-#[backend_extension(Flex)]
+/// pass: the recalibrated map is never written on its own. Under autodiff it is one node, whose
+/// backward step masks the incoming gradient in the pass that reads it for the unit's, and
+/// writes the residual's gradient there too; the values are those of the unit's node and the
+/// residual kernel's node, bit for bit.
+#[backend_extension(Flex, Autodiff)]
 pub trait PpcrResidualOps: Backend {
     /// `relu(ppcr_recalibrate(x, weights) + residual)`, `residual` of `x`'s shape.
     fn ppcr_recalibrate_add_relu(
@@ -87,13 +91,10 @@ pub trait PpcrResidualOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// Whether [`recalibrate_add_relu`] can run on these tensors: plain (not autodiff) Flex `f32`
-/// tensors, the residual of `x`'s shape.
+/// Whether [`recalibrate_add_relu`] can run on these tensors: Flex `f32` tensors (plain or under
+/// autodiff), the residual of `x`'s shape.
 pub fn residual_available(x: &Tensor<4>, weights: &Tensor<3>, residual: &Tensor<4>) -> bool {
-    fused_available(x, weights)
-        && on_flex_f32(residual)
-        && !x.device().is_autodiff()
-        && x.dims() == residual.dims()
+    fused_available(x, weights) && on_flex_f32(residual) && x.dims() == residual.dims()
 }
 
 /// `relu(recalibrate(x, weights) + residual)` in one pass; the caller checks
@@ -131,6 +132,83 @@ impl PpcrResidualOps for Flex {
             ForwardExtra::AddRelu(&residual),
         )
         .0
+    }
+}
+
+impl<C: CheckpointStrategy> PpcrResidualOps for Autodiff<Flex, C> {
+    fn ppcr_recalibrate_add_relu(
+        x: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        levels: usize,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let guards = [x.node(), weights.node(), residual.node()];
+        let x = x.into_primitive();
+        let weights = weights.into_primitive();
+        let residual = residual.into_primitive();
+        let residual = contiguous_values(&residual);
+        match RecalibrateAddReluBackward
+            .prepare::<C>(guards)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let extra = ForwardExtra::KeepContextAddRelu(&residual);
+                let (output, context) = forward(&x, &weights, levels, epsilon, extra);
+                let unit = SavedInputs {
+                    x,
+                    weights,
+                    context: context.expect("forward keeps the context when asked"),
+                    levels,
+                    epsilon,
+                };
+                // The output (shared, not copied) is the mask, as the residual kernel keeps it.
+                prep.finish((unit, output.clone()), output)
+            }
+            OpsKind::UnTracked(prep) => {
+                let extra = ForwardExtra::AddRelu(&residual);
+                prep.finish(forward(&x, &weights, levels, epsilon, extra).0)
+            }
+        }
+    }
+}
+
+/// The autodiff node of [`PpcrResidualOps::ppcr_recalibrate_add_relu`].
+#[derive(Debug)]
+struct RecalibrateAddReluBackward;
+
+impl Backward<Flex, 3> for RecalibrateAddReluBackward {
+    /// The unit's saved inputs, and the node's output.
+    type State = (SavedInputs, FlexTensor);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [x_node, weights_node, residual_node] = ops.parents;
+        let grad_output = grads.consume::<Flex>(&ops.node);
+        let (state, output) = ops.state;
+        let (grad_x, grad_weights, grad_residual) = backward(
+            &state.x,
+            &state.weights,
+            &state.context,
+            grad_output,
+            Some(&output),
+            state.levels,
+            state.epsilon,
+        );
+        if let Some(node) = x_node {
+            grads.register::<Flex>(node.id, grad_x);
+        }
+        if let Some(node) = weights_node {
+            grads.register::<Flex>(node.id, grad_weights);
+        }
+        if let (Some(node), Some(grad)) = (residual_node, grad_residual) {
+            grads.register::<Flex>(node.id, grad);
+        }
     }
 }
 
@@ -209,11 +287,12 @@ impl Backward<Flex, 2> for RecalibrateBackward {
         let [x_node, weights_node] = ops.parents;
         let grad_output = grads.consume::<Flex>(&ops.node);
         let state = ops.state;
-        let (grad_x, grad_weights) = backward(
+        let (grad_x, grad_weights, _) = backward(
             &state.x,
             &state.weights,
             &state.context,
             grad_output,
+            None,
             state.levels,
             state.epsilon,
         );
@@ -453,6 +532,11 @@ impl Scratch {
             attention: vec![0.0; tile],
         }
     }
+
+    /// Whether this scratch has [`Scratch::new`]'s sizes for `pyramid` and `tile`.
+    fn fits(&self, pyramid: &Pyramid, tile: usize) -> bool {
+        self.sums.len() == pyramid.finest_groups * tile && self.attention.len() == tile
+    }
 }
 
 /// Calls `$kernel::<N, 2N>($args)` for the pyramid's number of finest groups `N`, so the maps
@@ -647,6 +731,8 @@ enum ForwardExtra<'a> {
     KeepContext,
     /// End a residual block: `relu(X * A + residual)`, `residual` shaped as `X`.
     AddRelu(&'a [f32]),
+    /// Both: the residual end, and the context for the backward step.
+    KeepContextAddRelu(&'a [f32]),
 }
 
 /// `Y = X * A`, one rayon task per sample, with the `extra` it is asked for; returns the
@@ -677,49 +763,125 @@ fn forward(
     };
     let sample_len = channels * pixels;
     let mut output = unwritten(batch * sample_len);
-    let samples = output
-        .par_chunks_mut(sample_len.max(1))
-        .zip(values.par_chunks(sample_len.max(1)));
-    let new_scratch = || Scratch::new(&pyramid, tile);
-    let context = match extra {
-        ForwardExtra::KeepContext => {
-            let context_len = CONTEXT_ROWS * inputs.context_stride();
-            let mut context = vec![0.0f32; batch * context_len];
-            samples
-                .zip(context.par_chunks_mut(context_len.max(1)))
-                .with_min_len(items_per_task(sample_len))
-                .for_each_init(new_scratch, |scratch, ((out, sample), context)| {
-                    forward_sample(&inputs, sample, &[], out, context, scratch)
-                });
-            let context_shape = Shape::new([batch, CONTEXT_ROWS, inputs.context_stride()]);
-            Some(flex_tensor(context, context_shape))
-        }
-        ForwardExtra::AddRelu(residual) => {
-            assert_eq!(
-                residual.len(),
-                values.len(),
-                "ppcr_recalibrate_add_relu: the residual is not the input's shape"
-            );
-            samples
-                .zip(residual.par_chunks(sample_len.max(1)))
-                .with_min_len(items_per_task(sample_len))
-                .for_each_init(new_scratch, |scratch, ((out, sample), residual)| {
-                    forward_sample(&inputs, sample, residual, out, &mut [], scratch)
-                });
-            None
-        }
-        ForwardExtra::None => {
-            samples
-                .with_min_len(items_per_task(sample_len))
-                .for_each_init(new_scratch, |scratch, (out, sample)| {
-                    forward_sample(&inputs, sample, &[], out, &mut [], scratch)
-                });
-            None
-        }
+    let (keep_context, residual) = match extra {
+        ForwardExtra::None => (false, &[][..]),
+        ForwardExtra::KeepContext => (true, &[][..]),
+        ForwardExtra::AddRelu(residual) => (false, residual),
+        ForwardExtra::KeepContextAddRelu(residual) => (true, residual),
     };
+    assert!(
+        residual.is_empty() || residual.len() == values.len(),
+        "ppcr_recalibrate_add_relu: the residual is not the input's shape"
+    );
+    let context_len = CONTEXT_ROWS * inputs.context_stride();
+    let mut context = vec![0.0f32; if keep_context { batch * context_len } else { 0 }];
+    // One (possibly empty) context row block per sample.
+    let mut sample_contexts: Vec<&mut [f32]> = if keep_context {
+        context.chunks_mut(context_len.max(1)).collect()
+    } else {
+        (0..batch).map(|_| &mut [][..]).collect()
+    };
+    output
+        .par_chunks_mut(sample_len.max(1))
+        .zip(values.par_chunks(sample_len.max(1)))
+        .zip(sample_contexts.par_iter_mut())
+        .enumerate()
+        .with_min_len(items_per_task(sample_len))
+        .for_each_init(
+            || Scratch::new(&pyramid, tile),
+            |scratch, (index, ((out, sample), context))| {
+                let residual = match residual.is_empty() {
+                    true => residual,
+                    false => &residual[index * sample_len..(index + 1) * sample_len],
+                };
+                forward_sample(&inputs, sample, residual, out, context, scratch)
+            },
+        );
+    let context = keep_context.then(|| {
+        let context_shape = Shape::new([batch, CONTEXT_ROWS, inputs.context_stride()]);
+        flex_tensor(context, context_shape)
+    });
     // SAFETY: `forward_sample` writes every channel of every pixel of its sample.
     let output = flex_tensor(unsafe { assume_written(output) }, shape);
     (output, context)
+}
+
+/// The unit and the residual end of a block, `relu(X * A + residual)`, one sample at a time as
+/// the epilogue of the convolution before it (`conv_ppcr`): the sample is recalibrated while the
+/// convolution's output is still in cache, and the unit's input is never written as a whole.
+/// It gives the bits of [`PpcrResidualOps`] on the convolution's output.
+pub(super) struct ResidualEnd<'a> {
+    pyramid: Pyramid,
+    weights: Vec<f32>,
+    residual: &'a [f32],
+    pixels: usize,
+    tile: usize,
+}
+
+impl<'a> ResidualEnd<'a> {
+    /// The end for input `x_shape` (`[B, C, H, W]`), with `weights` `[K, H, W]` and a
+    /// `residual` of `x_shape`'s size.
+    pub(super) fn new(
+        x_shape: &Shape,
+        weights: &FlexTensor,
+        residual: &'a [f32],
+        levels: usize,
+        epsilon: f64,
+    ) -> Self {
+        let channels = x_shape[1];
+        let pixels = x_shape[2] * x_shape[3];
+        let weight_shape = weights.shape();
+        assert_eq!(
+            [weight_shape[1], weight_shape[2]],
+            [x_shape[2], x_shape[3]],
+            "ppcr fused: weights of {weight_shape:?} do not fit a map of {x_shape:?}"
+        );
+        assert!(
+            (1..=MAX_LEVELS).contains(&levels) && channels >= 1 << (levels - 1),
+            "ppcr fused: {levels} levels do not fit {channels} channels"
+        );
+        assert_eq!(
+            residual.len(),
+            x_shape.num_elements(),
+            "ppcr_recalibrate_add_relu: the residual is not the input's shape"
+        );
+        let pyramid = Pyramid::new(channels, levels, epsilon);
+        let weights = padded_weights(&contiguous_values(weights), pyramid.maps, pixels);
+        ResidualEnd {
+            pyramid,
+            weights,
+            residual,
+            pixels,
+            tile: tile_pixels(channels, pixels),
+        }
+    }
+}
+
+impl SampleEpilogue for ResidualEnd<'_> {
+    fn finish(&self, sample: usize, computed: &[f32], out: &mut [std::mem::MaybeUninit<f32>]) {
+        thread_local! {
+            static TILE_SCRATCH: std::cell::RefCell<Option<Scratch>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let inputs = KernelInputs {
+            pyramid: &self.pyramid,
+            weights: &self.weights,
+            group_weights: &[],
+            pixels: self.pixels,
+            tile: self.tile,
+        };
+        let len = computed.len();
+        let residual = &self.residual[sample * len..(sample + 1) * len];
+        // The tile's scratch outlives the call: one per sample would be allocated and zeroed
+        // for each of a batch's samples in each block.
+        TILE_SCRATCH.with_borrow_mut(|scratch| {
+            let scratch = match scratch {
+                Some(kept) if kept.fits(&self.pyramid, self.tile) => kept,
+                _ => scratch.insert(Scratch::new(&self.pyramid, self.tile)),
+            };
+            forward_sample(&inputs, computed, residual, out, &mut [], scratch);
+        });
+    }
 }
 
 dispatch_vector_width! {
@@ -732,6 +894,7 @@ dispatch_vector_width! {
         context_split: &[f32],
         grad_split: &mut [f32],
         dw: &mut [f32],
+        end: Option<BlockEndSplit>,
     )
 }
 
@@ -742,11 +905,20 @@ fn backward_split_any_depth(
     context_split: &[f32],
     grad_split: &mut [f32],
     dw: &mut [f32],
+    end: Option<BlockEndSplit>,
 ) {
     for_pyramid_depth!(
         inputs.pyramid.finest_groups,
-        backward_split_generic(inputs, x_split, context_split, grad_split, dw)
+        backward_split_generic(inputs, x_split, context_split, grad_split, dw, end)
     )
+}
+
+/// The residual end's share of one split's backward step (see [`PpcrResidualOps`]): the
+/// forward outputs `relu(X * A + residual)`, whose sign masks the incoming gradient, and where
+/// the masked gradient, the residual's, is written.
+struct BlockEndSplit<'a> {
+    output: &'a [f32],
+    grad_residual: &'a mut [std::mem::MaybeUninit<f32>],
 }
 
 #[inline(always)]
@@ -756,6 +928,7 @@ fn backward_split_generic<const N: usize, const M: usize>(
     context_split: &[f32],
     grad_split: &mut [f32],
     dw: &mut [f32],
+    mut end: Option<BlockEndSplit>,
 ) {
     let KernelInputs {
         pyramid,
@@ -778,7 +951,7 @@ fn backward_split_generic<const N: usize, const M: usize>(
         .zip(context_split.chunks(context_len.max(1)));
     // `grad` holds the sample's dY until the tile's last sweep overwrites it with dX: each
     // value of dX depends on dY at the same position only, read just before.
-    for ((grad, sample), context) in samples {
+    for (index, ((grad, sample), context)) in samples.enumerate() {
         for start in (0..pixels).step_by(tile) {
             let len = tile.min(pixels - start);
             // One sweep over the tile's channels for both the group sums and dA = sum_c dY X.
@@ -787,14 +960,33 @@ fn backward_split_generic<const N: usize, const M: usize>(
             for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
                 let range = channel * pixels + start..channel * pixels + start + len;
                 let sums = &mut scratch.sums[group * tile..group * tile + len];
-                for (((sum, grad_a), x), d) in sums
+                let Some(end) = end.as_mut() else {
+                    for (((sum, grad_a), x), d) in sums
+                        .iter_mut()
+                        .zip(&mut grad_attention_row[..len])
+                        .zip(&sample[range.clone()])
+                        .zip(&grad[range])
+                    {
+                        *sum += x;
+                        *grad_a += x * d;
+                    }
+                    continue;
+                };
+                // The residual end first: dY = d(out) [out > 0], as its own kernel masks it,
+                // which is also the residual's gradient.
+                let in_split = index * sample_len + range.start..index * sample_len + range.end;
+                for (((((sum, grad_a), x), d), y), grad_r) in sums
                     .iter_mut()
                     .zip(&mut grad_attention_row[..len])
                     .zip(&sample[range.clone()])
-                    .zip(&grad[range])
+                    .zip(&mut grad[range])
+                    .zip(&end.output[in_split.clone()])
+                    .zip(&mut end.grad_residual[in_split])
                 {
+                    *d = if *y > 0.0 { *d } else { 0.0 };
+                    grad_r.write(*d);
                     *sum += x;
-                    *grad_a += x * d;
+                    *grad_a += x * *d;
                 }
             }
             for chunk in (0..len).step_by(LANES) {
@@ -894,14 +1086,19 @@ fn group_weight_shares(pyramid: &Pyramid, weights: &[f32], pixels: usize) -> Vec
 /// `dPhat = dZ W`, using `mean(dPhat Phat) = dZ Z / K`); through the pyramid
 /// `dF_j = sum_k G[k, j] dP_k`; and `dX_c = dY_c a + dF_group(c) / |group(c)|`. `s`, `Z` and
 /// `a` come from the forward's `context`.
+///
+/// With the residual end's forward `output` (`relu(Y + residual)`), `grad_output` is that of the
+/// output instead: it is masked by `output > 0` on the way in, and the masked gradient is also
+/// returned as the residual's.
 fn backward(
     x: &FlexTensor,
     weights: &FlexTensor,
     context: &FlexTensor,
     grad_output: FlexTensor,
+    end_output: Option<&FlexTensor>,
     levels: usize,
     epsilon: f64,
-) -> (FlexTensor, FlexTensor) {
+) -> (FlexTensor, FlexTensor, Option<FlexTensor>) {
     let Dims {
         batch,
         channels,
@@ -936,6 +1133,22 @@ fn backward(
     let mut grad_weights_per_split = vec![0.0f32; splits * padded_len];
     let split_len = (samples_per_split * sample_len).max(1);
     let context_split_len = (samples_per_split * CONTEXT_ROWS * inputs.context_stride()).max(1);
+    let end_output = end_output.map(contiguous_values);
+    let mut grad_residual = end_output.as_ref().map(|_| unwritten(values.len()));
+    // Each split's share of the residual end (see `BlockEndSplit`), or none.
+    let mut ends: Vec<Option<BlockEndSplit>> = match (&end_output, grad_residual.as_deref_mut()) {
+        (Some(output), Some(grad_residual)) => output
+            .chunks(split_len)
+            .zip(grad_residual.chunks_mut(split_len))
+            .map(|(output, grad_residual)| {
+                Some(BlockEndSplit {
+                    output,
+                    grad_residual,
+                })
+            })
+            .collect(),
+        _ => (0..splits).map(|_| None).collect(),
+    };
     grad_x
         .try_storage_mut::<f32>()
         .expect("writable_contiguous returns an unshared tensor")
@@ -943,10 +1156,12 @@ fn backward(
         .zip(grad_weights_per_split.par_chunks_mut(padded_len.max(1)))
         .zip(values.par_chunks(split_len))
         .zip(context.par_chunks(context_split_len))
+        .zip(ends.par_iter_mut())
         .with_min_len(items_per_task(split_len))
-        .for_each(|(((grad_split, dw), x_split), context_split)| {
-            backward_split(&inputs, x_split, context_split, grad_split, dw);
+        .for_each(|((((grad_split, dw), x_split), context_split), end)| {
+            backward_split(&inputs, x_split, context_split, grad_split, dw, end.take());
         });
+    drop(ends);
     let mut grad_weights = vec![0.0f32; maps * pixels];
     for split in grad_weights_per_split.chunks(padded_len.max(1)) {
         for (total, padded_row) in grad_weights
@@ -958,7 +1173,15 @@ fn backward(
             }
         }
     }
-    (grad_x, flex_tensor(grad_weights, weight_shape))
+    let grad_residual = grad_residual.map(|grad_residual| {
+        // SAFETY: each split's `backward_split` wrote its share of the residual's gradient.
+        flex_tensor(unsafe { assume_written(grad_residual) }, x.shape())
+    });
+    (
+        grad_x,
+        flex_tensor(grad_weights, weight_shape),
+        grad_residual,
+    )
 }
 
 #[cfg(test)]
@@ -1030,15 +1253,64 @@ mod tests {
                 "B={batch} C={channels} {size:?} L={levels}"
             );
         }
-        let autodiff = device.autodiff();
-        let x = random_tensor([1, 12, 2, 2], 1, &autodiff);
-        let weights = unit(12, [2, 2], 4, 1, &autodiff)
-            .pixel_context_weights
-            .val();
-        assert!(
-            !residual_available(&x, &weights, &x),
-            "autodiff takes the unit and the add"
-        );
+    }
+
+    #[test]
+    fn the_residual_end_in_training_gives_the_separate_nodes_bits() {
+        let device = device().autodiff();
+        for (index, (batch, channels, size, levels)) in SHAPES.into_iter().enumerate() {
+            let seed = index as u64 * 5 + 3;
+            let ppcr = unit(channels, size, levels, seed, &device);
+            let shape = [batch, channels, size[0], size[1]];
+            let x = random_tensor(shape, seed + 1, &device).require_grad();
+            let residual = random_tensor(shape, seed + 2, &device).require_grad();
+            let probe = random_tensor(shape, seed + 3, &device);
+            let weights = ppcr.pixel_context_weights.val();
+            assert!(residual_available(&x, &weights, &residual));
+            let run = |fused: bool| {
+                let y = if fused {
+                    recalibrate_add_relu(x.clone(), weights.clone(), residual.clone(), levels, 1e-5)
+                } else {
+                    crate::kernels::cpu::residual::add_relu(
+                        recalibrate(x.clone(), weights.clone(), levels, 1e-5),
+                        residual.clone(),
+                    )
+                };
+                let grads = (y.clone() * probe.clone()).sum().backward();
+                [
+                    values(y),
+                    values(x.grad(&grads).unwrap()),
+                    values(weights.grad(&grads).unwrap()),
+                    values(residual.grad(&grads).unwrap()),
+                ]
+            };
+            let (fused, separate) = (run(true), run(false));
+            assert!(fused[0].contains(&0.0) && fused[3].iter().any(|&v| v != 0.0));
+            for (what, (fused, separate)) in ["y", "dx", "dw", "dresidual"]
+                .iter()
+                .zip(fused.iter().zip(&separate))
+            {
+                assert_eq!(
+                    fused, separate,
+                    "{what}: B={batch} C={channels} {size:?} L={levels}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_residual_end_in_training_matches_finite_differences() {
+        // `x` and the residual enter as one input `[x; r]` stacked on the channels, so one
+        // check covers both gradients and the unit's weights.
+        let device = device().autodiff();
+        let channels = 11;
+        let ppcr = unit(channels, [3, 5], 4, 7, &device);
+        assert_gradients_match(ppcr, [2, 2 * channels, 3, 5], |ppcr, input| {
+            let x = input.clone().narrow(1, 0, channels);
+            let residual = input.narrow(1, channels, channels);
+            let weights = ppcr.pixel_context_weights.val();
+            recalibrate_add_relu(x, weights, residual, 4, 1e-5)
+        });
     }
 
     #[test]
@@ -1152,17 +1424,34 @@ mod tests {
             let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&wide), bits(&baseline));
             assert_eq!(bits(&wide_context), bits(&baseline_context));
-            type BackwardKernel = fn(&KernelInputs, &[f32], &[f32], &mut [f32], &mut [f32]);
-            let backward_with = |kernel: BackwardKernel| {
+            type BackwardKernel =
+                fn(&KernelInputs, &[f32], &[f32], &mut [f32], &mut [f32], Option<BlockEndSplit>);
+            // With the residual end, `x` stands in for the block's output: its sign is the mask.
+            let backward_with = |kernel: BackwardKernel, with_end: bool| {
                 let mut grad = dy.clone();
                 let mut dw = vec![0.0; maps * inputs.weight_stride()];
-                kernel(&inputs, &x, &baseline_context, &mut grad, &mut dw);
-                bits(&grad.into_iter().chain(dw).collect::<Vec<_>>())
+                let mut grad_residual = unwritten(if with_end { x.len() } else { 0 });
+                let end = with_end.then(|| BlockEndSplit {
+                    output: &x,
+                    grad_residual: &mut grad_residual,
+                });
+                kernel(&inputs, &x, &baseline_context, &mut grad, &mut dw, end);
+                // SAFETY: the kernel writes the residual's gradient in full where asked.
+                let grad_residual = unsafe { assume_written(grad_residual) };
+                bits(
+                    &grad
+                        .into_iter()
+                        .chain(dw)
+                        .chain(grad_residual)
+                        .collect::<Vec<_>>(),
+                )
             };
-            assert_eq!(
-                backward_with(backward_split),
-                backward_with(backward_split_any_depth)
-            );
+            for with_end in [false, true] {
+                assert_eq!(
+                    backward_with(backward_split, with_end),
+                    backward_with(backward_split_any_depth, with_end)
+                );
+            }
         }
     }
 
