@@ -28,7 +28,9 @@
 //!
 //! In inference ([`ConvAffineOps`]) the BatchNorm after the convolution, with the ReLU or the
 //! residual add and ReLU that follow it, is applied to each output value as the kernel writes
-//! it, instead of in one more pass over the feature map each.
+//! it, instead of in one more pass over the feature map each; a [`SampleEpilogue`] takes each
+//! output sample after that, while it is in cache (the PPCR unit and the block's end,
+//! `conv_ppcr`).
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
