@@ -119,7 +119,9 @@ impl ConvPpcrOps for Flex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::testing::{device, ppcr_with_random_weights, random_tensor, values};
+    use crate::attention::testing::{
+        device, ppcr_with_random_weights, random_tensor, seeded_values, values,
+    };
     use crate::kernels::cpu::conv::tests::with_each_path;
     use crate::kernels::cpu::{conv::conv2d_affine, ppcr};
     use burn::tensor::TensorData;
@@ -139,12 +141,14 @@ mod tests {
         ([3, 5, 17, 16], [12, 5, 3, 3], [1, 1], [1, 1], 4),
     ];
 
+    /// A BatchNorm's `[scale, shift]`: scales in `[0.5, 1.5)`, shifts in `[-1, 1)`.
     fn affine(channels: usize, seed: u64) -> [Tensor<1>; 2] {
-        let device = device();
-        let values = |seed| values(random_tensor([1, 1, 1, channels], seed, &device));
-        let scale: Vec<f32> = values(seed).iter().map(|v| 0.5 + v.abs()).collect();
-        [scale, values(seed + 1)]
-            .map(|values| Tensor::from_data(TensorData::new(values, [channels]), &device))
+        let scale = seeded_values(channels, seed)
+            .iter()
+            .map(|v| 0.5 + v.abs())
+            .collect();
+        [scale, seeded_values(channels, seed + 1)]
+            .map(|values| Tensor::from_data(TensorData::new(values, [channels]), &device()))
     }
 
     #[test]

@@ -21,11 +21,11 @@
 //! have no implementation; [`fused_available`] tells the unit when to fall back to its tensor
 //! formulation.
 
-use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{
     Backend, Dispatch, Flex, TensorMetadata, backend_extension, tensor::FloatTensor,
@@ -174,6 +174,19 @@ impl<C: CheckpointStrategy> PpcrResidualOps for Autodiff<Flex, C> {
     }
 }
 
+/// Register each gradient for the parent that needs it (a parent that needs none has no id).
+fn register_gradients<const N: usize>(
+    grads: &mut Gradients,
+    ids: [Option<NodeId>; N],
+    gradients: [Option<FlexTensor>; N],
+) {
+    for (id, gradient) in ids.into_iter().zip(gradients) {
+        if let (Some(id), Some(gradient)) = (id, gradient) {
+            grads.register::<Flex>(id, gradient);
+        }
+    }
+}
+
 /// The autodiff node of [`PpcrResidualOps::ppcr_recalibrate_add_relu`].
 #[derive(Debug)]
 struct RecalibrateAddReluBackward;
@@ -200,15 +213,9 @@ impl Backward<Flex, 3> for RecalibrateAddReluBackward {
             state.levels,
             state.epsilon,
         );
-        if let Some(node) = x_node {
-            grads.register::<Flex>(node.id, grad_x);
-        }
-        if let Some(node) = weights_node {
-            grads.register::<Flex>(node.id, grad_weights);
-        }
-        if let (Some(node), Some(grad)) = (residual_node, grad_residual) {
-            grads.register::<Flex>(node.id, grad);
-        }
+        let ids = [&x_node, &weights_node, &residual_node].map(|node| node.as_ref().map(|n| n.id));
+        let gradients = [Some(grad_x), Some(grad_weights), grad_residual];
+        register_gradients(grads, ids, gradients);
     }
 }
 
@@ -296,12 +303,8 @@ impl Backward<Flex, 2> for RecalibrateBackward {
             state.levels,
             state.epsilon,
         );
-        if let Some(node) = x_node {
-            grads.register::<Flex>(node.id, grad_x);
-        }
-        if let Some(node) = weights_node {
-            grads.register::<Flex>(node.id, grad_weights);
-        }
+        let ids = [&x_node, &weights_node].map(|node| node.as_ref().map(|n| n.id));
+        register_gradients(grads, ids, [Some(grad_x), Some(grad_weights)]);
     }
 }
 
@@ -556,14 +559,49 @@ macro_rules! for_pyramid_depth {
     };
 }
 
+/// What the forward kernel reads for one call, built once: the pyramid, the weights with their
+/// rows padded (see [`padded_weights`]), and the sizes.
+struct ForwardUnit {
+    pyramid: Pyramid,
+    weights: Vec<f32>,
+    pixels: usize,
+    tile: usize,
+}
+
+impl ForwardUnit {
+    /// The unit for input `x_shape` (`[B, C, H, W]`) and `weights` (`[K, H, W]`); panics where
+    /// they do not fit (see [`dims_of`]).
+    fn new(x_shape: &Shape, weights: &FlexTensor, levels: usize, epsilon: f64) -> (Self, Dims) {
+        let dims = dims_of(x_shape, weights, levels);
+        let pyramid = Pyramid::new(dims.channels, levels, epsilon);
+        let weights = padded_weights(&contiguous_values(weights), pyramid.maps, dims.pixels);
+        let unit = ForwardUnit {
+            pyramid,
+            weights,
+            pixels: dims.pixels,
+            tile: tile_pixels(dims.channels, dims.pixels),
+        };
+        (unit, dims)
+    }
+
+    fn inputs(&self) -> KernelInputs<'_> {
+        KernelInputs {
+            pyramid: &self.pyramid,
+            weights: &self.weights,
+            group_weights: &[],
+            pixels: self.pixels,
+            tile: self.tile,
+        }
+    }
+}
+
 struct Dims {
     batch: usize,
     channels: usize,
     pixels: usize,
 }
 
-fn dims_of(x: &FlexTensor, weights: &FlexTensor, levels: usize) -> Dims {
-    let shape = x.shape();
+fn dims_of(shape: &Shape, weights: &FlexTensor, levels: usize) -> Dims {
     let (batch, channels) = (shape[0], shape[1]);
     let pixels = shape[2] * shape[3];
     let weight_shape = weights.shape();
@@ -744,23 +782,17 @@ fn forward(
     epsilon: f64,
     extra: ForwardExtra,
 ) -> (FlexTensor, Option<FlexTensor>) {
-    let Dims {
-        batch,
-        channels,
-        pixels,
-    } = dims_of(x, weights, levels);
     let shape = x.shape();
+    let (
+        unit,
+        Dims {
+            batch,
+            channels,
+            pixels,
+        },
+    ) = ForwardUnit::new(&shape, weights, levels, epsilon);
     let values = contiguous_values(x);
-    let pyramid = Pyramid::new(channels, levels, epsilon);
-    let weights = padded_weights(&contiguous_values(weights), pyramid.maps, pixels);
-    let tile = tile_pixels(channels, pixels);
-    let inputs = KernelInputs {
-        pyramid: &pyramid,
-        weights: &weights,
-        group_weights: &[],
-        pixels,
-        tile,
-    };
+    let inputs = unit.inputs();
     let sample_len = channels * pixels;
     let mut output = unwritten(batch * sample_len);
     let (keep_context, residual) = match extra {
@@ -788,7 +820,7 @@ fn forward(
         .enumerate()
         .with_min_len(items_per_task(sample_len))
         .for_each_init(
-            || Scratch::new(&pyramid, tile),
+            || Scratch::new(&unit.pyramid, unit.tile),
             |scratch, (index, ((out, sample), context))| {
                 let residual = match residual.is_empty() {
                     true => residual,
@@ -811,11 +843,8 @@ fn forward(
 /// convolution's output is still in cache, and the unit's input is never written as a whole.
 /// It gives the bits of [`PpcrResidualOps`] on the convolution's output.
 pub(super) struct ResidualEnd<'a> {
-    pyramid: Pyramid,
-    weights: Vec<f32>,
+    unit: ForwardUnit,
     residual: &'a [f32],
-    pixels: usize,
-    tile: usize,
 }
 
 impl<'a> ResidualEnd<'a> {
@@ -828,32 +857,13 @@ impl<'a> ResidualEnd<'a> {
         levels: usize,
         epsilon: f64,
     ) -> Self {
-        let channels = x_shape[1];
-        let pixels = x_shape[2] * x_shape[3];
-        let weight_shape = weights.shape();
-        assert_eq!(
-            [weight_shape[1], weight_shape[2]],
-            [x_shape[2], x_shape[3]],
-            "ppcr fused: weights of {weight_shape:?} do not fit a map of {x_shape:?}"
-        );
-        assert!(
-            (1..=MAX_LEVELS).contains(&levels) && channels >= 1 << (levels - 1),
-            "ppcr fused: {levels} levels do not fit {channels} channels"
-        );
         assert_eq!(
             residual.len(),
             x_shape.num_elements(),
             "ppcr_recalibrate_add_relu: the residual is not the input's shape"
         );
-        let pyramid = Pyramid::new(channels, levels, epsilon);
-        let weights = padded_weights(&contiguous_values(weights), pyramid.maps, pixels);
-        ResidualEnd {
-            pyramid,
-            weights,
-            residual,
-            pixels,
-            tile: tile_pixels(channels, pixels),
-        }
+        let (unit, _) = ForwardUnit::new(x_shape, weights, levels, epsilon);
+        ResidualEnd { unit, residual }
     }
 }
 
@@ -863,21 +873,15 @@ impl SampleEpilogue for ResidualEnd<'_> {
             static TILE_SCRATCH: std::cell::RefCell<Option<Scratch>> =
                 const { std::cell::RefCell::new(None) };
         }
-        let inputs = KernelInputs {
-            pyramid: &self.pyramid,
-            weights: &self.weights,
-            group_weights: &[],
-            pixels: self.pixels,
-            tile: self.tile,
-        };
+        let (unit, inputs) = (&self.unit, self.unit.inputs());
         let len = computed.len();
         let residual = &self.residual[sample * len..(sample + 1) * len];
         // The tile's scratch outlives the call: one per sample would be allocated and zeroed
         // for each of a batch's samples in each block.
         TILE_SCRATCH.with_borrow_mut(|scratch| {
             let scratch = match scratch {
-                Some(kept) if kept.fits(&self.pyramid, self.tile) => kept,
-                _ => scratch.insert(Scratch::new(&self.pyramid, self.tile)),
+                Some(kept) if kept.fits(&unit.pyramid, unit.tile) => kept,
+                _ => scratch.insert(Scratch::new(&unit.pyramid, unit.tile)),
             };
             forward_sample(&inputs, computed, residual, out, &mut [], scratch);
         });
@@ -1103,7 +1107,7 @@ fn backward(
         batch,
         channels,
         pixels,
-    } = dims_of(x, weights, levels);
+    } = dims_of(&x.shape(), weights, levels);
     let weight_shape = weights.shape();
     let values = contiguous_values(x);
     let context = contiguous_values(context);
