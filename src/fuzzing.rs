@@ -238,6 +238,7 @@ mod tests {
                 std: vec![0.25],
             },
             dataset: "builtin:breastmnist.npz".to_string(),
+            tta: crate::data::TestTimeAugmentation::Hflip,
         };
         seeds.push((
             "run".to_string(),

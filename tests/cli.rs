@@ -29,6 +29,8 @@ fn train_eval_predict_on_an_image_folder() {
         "resnet20",
         "--attn",
         "ppcr",
+        "--tta",
+        "flips",
         "--out",
         run_arg,
     ]);
@@ -38,7 +40,13 @@ fn train_eval_predict_on_an_image_folder() {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = stdout(&output);
-    assert!(text.contains("test metrics (3 images)"), "{text}");
+    assert!(
+        text.contains("test metrics (3 images, test-time augmentation: flips)"),
+        "{text}"
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["tta"], "flips");
     assert!(text.contains("epoch   2/2"), "{text}");
 
     let output = ppcr(["eval", "--checkpoint", run_arg, "--split", "val", "--json"]);
@@ -79,6 +87,36 @@ fn train_eval_predict_on_an_image_folder() {
     let row: Vec<&str> = lines.next().unwrap().split(',').collect();
     let total: f64 = row[2..].iter().map(|p| p.parse::<f64>().unwrap()).sum();
     assert!((total - 1.0).abs() < 1e-4, "{row:?}");
+
+    // The run averages four views of each image; `--tta none` asks for the image alone.
+    let output = ppcr(["eval", "--checkpoint", run_arg, "--split", "val"]);
+    assert_success(&output);
+    assert!(
+        stdout(&output).contains("test-time augmentation: flips"),
+        "{}",
+        stdout(&output)
+    );
+    let alone = ppcr([
+        "predict",
+        "--checkpoint",
+        run_arg,
+        "--csv",
+        "--tta",
+        "none",
+        image.to_str().unwrap(),
+    ]);
+    assert_success(&alone);
+    let alone_row = stdout(&alone).lines().nth(1).unwrap().to_string();
+    assert_ne!(alone_row, row.join(","), "the views changed nothing");
+    let output = ppcr([
+        "predict",
+        "--checkpoint",
+        run_arg,
+        "--tta",
+        "sideways",
+        image.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&output, &["sideways", "none, hflip, flips"]);
 
     // The checkpoint's classes are not BreastMNIST's: evaluating on it is refused.
     let output = ppcr([
@@ -150,7 +188,7 @@ fn training_splits_batches_across_the_devices_it_is_given() {
     args.extend(["--devices", "cpu,cpu"].map(String::from));
     let output = ppcr(args);
     assert_success(&output);
-    assert!(stdout(&output).contains("test metrics (3 images)"));
+    assert!(stdout(&output).contains("test metrics (3 images, test-time augmentation: hflip)"));
 
     // Resumed on one device: said at the start, and each epoch's device count is in the log.
     let mut args = common::tiny_train_args(&run, 2);

@@ -15,7 +15,9 @@ use burn::store::{ModuleSnapshot, bridge};
 use burn::tensor::{Device, TensorData};
 use common::{assert_clean_failure, assert_success, export, fixtures, ppcr, stdout};
 use ppcr::attention::{AttentionConfig, AttentionKind};
-use ppcr::data::{LoadOptions, Normalization, builtin_breastmnist, load_image_file};
+use ppcr::data::{
+    LoadOptions, Normalization, TestTimeAugmentation, builtin_breastmnist, load_image_file,
+};
 use ppcr::models::{Backbone, ResNetConfig};
 use ppcr::runfiles::{RunDir, RunInfo};
 use rand::{Rng, SeedableRng};
@@ -71,6 +73,8 @@ fn random_run(
             std: vec![0.25; channels],
         },
         dataset: "random".into(),
+        // The exported network is the network alone, so `predict` must be too.
+        tta: TestTimeAugmentation::None,
     };
     run.write_file(&run.run_info_path(), &serde_json::to_vec(&info).unwrap())
         .unwrap();
@@ -239,6 +243,7 @@ fn safetensors_holds_the_weights_under_torchvision_names() {
     let metadata = header.metadata().as_ref().unwrap();
     assert_eq!(metadata["class_names"], r#"["class0","class1","class2"]"#);
     assert_eq!(metadata["attention"], "ppcr");
+    assert_eq!(metadata["test_time_augmentation"], "none");
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(tensors.tensor("fc.weight").unwrap().shape(), [3, 512]);
     assert_eq!(

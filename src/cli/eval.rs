@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use super::device::DeviceArgs;
-use ppcr::data::{BadFilePolicy, LoadOptions, builtin_breastmnist, load};
-use ppcr::runfiles::RunDir;
+use ppcr::data::{BadFilePolicy, LoadOptions, TestTimeAugmentation, builtin_breastmnist, load};
+use ppcr::runfiles::{RunDir, RunInfo};
 use ppcr::train::{TrainConfig, evaluate_split, load_trained_model};
 
 /// Which split to evaluate.
@@ -37,6 +37,9 @@ pub struct EvalArgs {
     /// Use the last epoch's weights instead of the ones chosen on validation.
     #[arg(long)]
     latest: bool,
+    /// Test-time augmentation: none, hflip or flips [default: the run's `tta`].
+    #[arg(long, value_name = "VIEWS")]
+    tta: Option<String>,
     /// Print the full report as JSON.
     #[arg(long)]
     json: bool,
@@ -53,12 +56,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let run = RunDir::open(&args.checkpoint)?;
     let (model, info) =
         load_trained_model(&run, if args.latest { "latest" } else { "best" }, &device)?;
-    let config_path = run.config_path();
-    let config = TrainConfig::from_toml(
-        &std::fs::read_to_string(&config_path)
-            .with_context(|| format!("{}: cannot read", config_path.display()))?,
-    )
-    .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    let config = run_config(&run)?;
+    let tta = chosen_tta(args.tta.as_deref(), &info)?;
     let options = LoadOptions {
         size: Some(info.model.input_size),
         channels: Some(info.model.in_channels),
@@ -98,19 +97,42 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         &info.normalization,
         info.class_names.len(),
         config.eval_batch_size,
+        tta,
         &device,
     )?;
     if args.json {
         out!("{}", serde_json::to_string_pretty(&evaluation.report)?);
     } else {
         out!(
-            "{} split of {} ({} images), loss {:.4}",
+            "{} split of {} ({} images, test-time augmentation: {}), loss {:.4}",
             format!("{:?}", args.split).to_lowercase(),
             dataset.source.display(),
             split.len(),
+            tta.name(),
             evaluation.loss
         );
         out!("{}", evaluation.report.summary_named(&dataset.class_names));
     }
     Ok(())
+}
+
+/// The configuration a run folder's `config.toml` holds.
+fn run_config(run: &RunDir) -> anyhow::Result<TrainConfig> {
+    let config_path = run.config_path();
+    TrainConfig::from_toml(
+        &std::fs::read_to_string(&config_path)
+            .with_context(|| format!("{}: cannot read", config_path.display()))?,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))
+}
+
+/// The views to average: `--tta` where given, else the run's own setting.
+pub(super) fn chosen_tta(
+    given: Option<&str>,
+    info: &RunInfo,
+) -> anyhow::Result<TestTimeAugmentation> {
+    match given {
+        Some(name) => super::train::parse_enum("test-time augmentation", name),
+        None => Ok(info.tta),
+    }
 }

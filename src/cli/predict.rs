@@ -2,14 +2,13 @@
 
 use std::path::PathBuf;
 
-use burn::module::Module;
-use burn::tensor::{Tensor, TensorData, activation::softmax};
 use clap::Args;
 
 use super::device::DeviceArgs;
+use super::eval::chosen_tta;
 use ppcr::data::{Split, load_image_file};
 use ppcr::runfiles::RunDir;
-use ppcr::train::load_trained_model;
+use ppcr::train::{load_trained_model, predict_probabilities};
 
 /// Options of `ppcr predict`.
 #[derive(Args, Debug)]
@@ -23,6 +22,9 @@ pub struct PredictArgs {
     /// Print CSV (path, predicted class, one probability column per class).
     #[arg(long)]
     csv: bool,
+    /// Test-time augmentation: none, hflip or flips [default: the run's `tta`].
+    #[arg(long, value_name = "VIEWS")]
+    tta: Option<String>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -32,7 +34,7 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
     let device = args.device.device()?;
     let run = RunDir::open(&args.checkpoint)?;
     let (model, info) = load_trained_model(&run, "best", &device)?;
-    let model = model.valid();
+    let tta = chosen_tta(args.tta.as_deref(), &info)?;
     let (size, channels) = (info.model.input_size, info.model.in_channels);
     let mut images = Vec::with_capacity(args.images.len() * size * size * channels);
     for path in &args.images {
@@ -45,17 +47,15 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
         width: size,
         channels,
     };
-    let indices: Vec<usize> = (0..split.len()).collect();
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let (pixels, _) = ppcr::data::make_batch(&split, &indices, None, &mut rng, &info.normalization);
-    let input = Tensor::<4>::from_data(
-        TensorData::new(pixels, [split.len(), channels, size, size]),
+    let probabilities = predict_probabilities(
+        &model,
+        &split,
+        &info.normalization,
+        // One batch, as a list of files on the command line is short.
+        split.len().max(1),
+        tta,
         &device,
-    );
-    let probabilities = softmax(model.try_forward(input)?, 1)
-        .into_data()
-        .try_to_vec::<f32>()
-        .expect("float probabilities");
+    )?;
     let classes = info.class_names.len();
     let mut writer = csv::Writer::from_writer(std::io::stdout());
     if args.csv {

@@ -10,6 +10,7 @@ use super::data_options::{DataArgs, load_dataset};
 use super::device::{DeviceArgs, open_devices};
 use super::progress::ConsoleProgress;
 use ppcr::attention::AttentionKind;
+use ppcr::data::TestTimeAugmentation;
 use ppcr::models::Backbone;
 use ppcr::runfiles::{LogFormat, SelectionMetric};
 use ppcr::train::{LrSchedule, Precision, TrainConfig, recipe, train_on};
@@ -44,7 +45,7 @@ pub struct TrainSettings {
     #[arg(long)]
     config: Option<PathBuf>,
     /// A named configuration to start from: default (PPCR ResNet-20, 80 epochs, SGD lr 0.05,
-    /// cosine, the last epoch kept) or paper (the PPCR authors' ISIC 2018 recipe: PPCR ResNet-18 at 224 px, 150
+    /// cosine, the last epoch kept, predictions averaged with the mirror image) or paper (the PPCR authors' ISIC 2018 recipe: PPCR ResNet-18 at 224 px, 150
     /// epochs, SGD lr 0.0025 x0.2 every 25 epochs, momentum 0.9, weight decay 1e-4, batch 32,
     /// random resized crop 0.2-1, colour jitter 0.4 p 0.8, rotation 45, Gaussian blur p 0.5,
     /// flip, ImageNet mean/std).
@@ -129,6 +130,11 @@ pub struct TrainSettings {
     /// or last (no choice: the last epoch) [default: last].
     #[arg(long)]
     select_on: Option<String>,
+    /// Test-time augmentation: validation, testing, `ppcr eval` and `ppcr predict` average the
+    /// class probabilities of these views of each image: none, hflip (the image and its mirror
+    /// image) or flips (also upside down, and both) [default: hflip; the paper recipe: none].
+    #[arg(long, value_name = "VIEWS")]
+    tta: Option<String>,
     /// Per-epoch log format: csv or jsonl [default: csv].
     #[arg(long)]
     log_format: Option<String>,
@@ -282,6 +288,9 @@ pub fn resolve_config(
     if let Some(metric) = &args.select_on {
         config.select_on = parse_enum::<SelectionMetric>("selection metric", metric)?;
     }
+    if let Some(tta) = &args.tta {
+        config.tta = parse_enum::<TestTimeAugmentation>("test-time augmentation", tta)?;
+    }
     if let Some(format) = &args.log_format {
         config.log_format = parse_enum::<LogFormat>("log format", format)?;
     }
@@ -344,7 +353,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         config.select_on.choice(),
         out.display()
     );
-    out!("\ntest metrics ({} images):", dataset.test.len());
+    out!(
+        "\ntest metrics ({} images, test-time augmentation: {}):",
+        dataset.test.len(),
+        config.tta.name()
+    );
     out!(
         "{}",
         outcome.test.report.summary_named(&dataset.class_names)

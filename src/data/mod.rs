@@ -21,6 +21,7 @@ mod image_io;
 mod isic;
 mod npz;
 pub mod split;
+mod test_time_augmentation;
 
 use std::path::Path;
 
@@ -52,6 +53,7 @@ pub(crate) fn csv_from_reader(bytes: &[u8], csv_path: &Path) -> Result<(usize, u
     Ok((classes.len(), files.len()))
 }
 pub use split::{SplitIndices, stratified_split};
+pub use test_time_augmentation::TestTimeAugmentation;
 
 /// BreastMNIST (28 x 28 grey, 2 classes, 546/78/156 images), shipped inside the binary.
 const BREASTMNIST_NPZ: &[u8] = include_bytes!("../../assets/breastmnist.npz");

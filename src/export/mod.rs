@@ -52,8 +52,8 @@ fn load_best(
     )?)
 }
 
-/// The metadata both formats carry: the classes, the architecture and the input
-/// normalisation, as `key -> value` (class names as a JSON list).
+/// The metadata both formats carry: the classes, the architecture, the input normalisation
+/// and the run's test-time views, as `key -> value` (class names as a JSON list).
 fn metadata(info: &crate::runfiles::RunInfo) -> Vec<(String, String)> {
     let model = &info.model;
     vec![
@@ -79,6 +79,9 @@ fn metadata(info: &crate::runfiles::RunInfo) -> Vec<(String, String)> {
             serde_json::to_string(&info.normalization.std).expect("numbers serialise"),
         ),
         ("dataset".into(), info.dataset.clone()),
+        // The graph is the network alone: a deployment that wants the run's predictions
+        // averages these views itself.
+        ("test_time_augmentation".into(), info.tta.name().into()),
         (
             "producer".into(),
             format!("ppcr {}", env!("CARGO_PKG_VERSION")),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{LrSchedule, Precision};
 use crate::attention::AttentionKind;
-use crate::data::{AugmentConfig, BadFilePolicy};
+use crate::data::{AugmentConfig, BadFilePolicy, TestTimeAugmentation};
 use crate::models::{Backbone, ShortcutKind, StemKind};
 use crate::runfiles::{LogFormat, SelectionMetric};
 
@@ -85,6 +85,11 @@ pub struct TrainConfig {
     /// The learning rate of the averaging phase, with `swa_epochs`.
     #[serde(default = "default_swa_lr")]
     pub swa_lr: f64,
+    /// Views of each image whose class probabilities validation, testing, `ppcr eval` and
+    /// `ppcr predict` average. Absent from a saved run's config, it is `none`: runs of earlier
+    /// versions predicted from the image alone.
+    #[serde(default)]
+    pub tta: TestTimeAugmentation,
     /// Per-epoch log format.
     pub log_format: LogFormat,
     /// What to do with an unreadable image file: `fail` (default) or `skip` with a warning.
@@ -148,6 +153,7 @@ impl Default for TrainConfig {
             ema_decay: 0.0,
             swa_epochs: 0,
             swa_lr: super::DEFAULT_SWA_LR,
+            tta: TestTimeAugmentation::Hflip,
             log_format: LogFormat::Csv,
             on_bad_file: BadFilePolicy::default(),
             val_fraction: 0.1,
@@ -624,6 +630,24 @@ mod tests {
             TrainConfig::from_toml(&earlier).unwrap(),
             TrainConfig::default()
         );
+    }
+
+    #[test]
+    fn a_saved_run_without_the_tta_key_predicts_from_the_image_alone() {
+        let with_flips = TrainConfig {
+            tta: TestTimeAugmentation::Flips,
+            ..TrainConfig::default()
+        };
+        let text = with_flips.to_toml();
+        assert!(text.contains("tta = \"flips\""), "{text}");
+        assert_eq!(TrainConfig::from_toml(&text).unwrap(), with_flips);
+        let earlier = text
+            .lines()
+            .filter(|line| !line.starts_with("tta"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let loaded = TrainConfig::from_toml(&earlier).unwrap();
+        assert_eq!(loaded.tta, TestTimeAugmentation::None);
     }
 
     #[test]

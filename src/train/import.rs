@@ -8,7 +8,7 @@ use burn::tensor::Device;
 
 use super::{TrainConfig, TrainError};
 use crate::attention::{AttentionConfig, AttentionKind};
-use crate::data::Normalization;
+use crate::data::{Normalization, TestTimeAugmentation};
 use crate::models::pretrained::PretrainedWeights;
 use crate::models::{Backbone, ResNetConfig};
 use crate::runfiles::{RunDir, RunInfo};
@@ -70,6 +70,8 @@ pub fn import_torchvision(
         channels: Some(3),
         mean: Some(normalization.mean.clone()),
         std: Some(normalization.std.clone()),
+        // `predict` gives torchvision's probabilities for the image itself.
+        tta: TestTimeAugmentation::None,
         ..TrainConfig::default()
     };
     let info = RunInfo {
@@ -77,6 +79,7 @@ pub fn import_torchvision(
         class_names,
         normalization,
         dataset: format!("imported from {} (torchvision {backbone})", file.display()),
+        tta: TestTimeAugmentation::None,
     };
     run.save_weights(&loaded.model)?;
     run.write_file(&run.config_path(), config.to_toml().as_bytes())?;

@@ -14,11 +14,14 @@
 //!   [`LrSchedule::Periodic`]);
 //! * the best epoch is chosen on the validation split (accuracy, as the authors rank), never on
 //!   the test split, which main.py uses for both.
+//!
+//! The recipe predicts from each image alone, as main.py does; the default averages the image
+//! and its mirror image (`tta`).
 
 use super::{LrSchedule, TrainConfig};
 use crate::attention::AttentionKind;
 use crate::data::augment::{ColorJitter, GaussianBlur, RandomResizedCrop};
-use crate::data::{AugmentConfig, Normalization};
+use crate::data::{AugmentConfig, Normalization, TestTimeAugmentation};
 use crate::models::Backbone;
 use crate::runfiles::SelectionMetric;
 
@@ -26,7 +29,8 @@ use crate::runfiles::SelectionMetric;
 pub const RECIPES: [(&str, &str); 2] = [
     (
         "default",
-        "ppcr's default: PPCR ResNet-20, 80 epochs, SGD lr 0.05, cosine, the last epoch kept",
+        "ppcr's default: PPCR ResNet-20, 80 epochs, SGD lr 0.05, cosine, the last epoch kept, \
+         predictions averaged with the mirror image",
     ),
     (
         "paper",
@@ -83,6 +87,8 @@ fn paper() -> TrainConfig {
             horizontal_flip: 0.5,
             ..AugmentConfig::none()
         }),
+        // main.py tests each image once.
+        tta: TestTimeAugmentation::None,
         ..TrainConfig::default()
     }
 }
@@ -110,6 +116,7 @@ mod tests {
             (paper.backbone, paper.size, paper.epochs),
             (Backbone::ResNet18, Some(224), 150)
         );
+        assert_eq!(paper.tta, TestTimeAugmentation::None);
         assert_eq!(paper.schedule.lr_at(0.0025, 24 * 10, 10, 1500), 0.0025);
         assert!((paper.schedule.lr_at(0.0025, 25 * 10, 10, 1500) - 0.0005).abs() < 1e-12);
     }

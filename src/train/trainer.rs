@@ -439,6 +439,7 @@ pub fn train_on(
         class_names: dataset.class_names.clone(),
         normalization: normalization.clone(),
         dataset: dataset.source.display().to_string(),
+        tta: config.tta,
     };
     run.write_file(
         &run.run_info_path(),
@@ -661,6 +662,7 @@ pub fn train_on(
             &normalization,
             num_classes,
             config.eval_batch_size,
+            config.tta,
             device,
         )?;
         let score = selection_score(config.select_on, &val);
@@ -710,6 +712,7 @@ pub fn train_on(
             &normalization,
             num_classes,
             config.eval_batch_size,
+            config.tta,
             device,
         )
     };
