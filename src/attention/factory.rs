@@ -12,6 +12,7 @@ use burn::nn::{BatchNorm, Identity};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::cpu::batch_norm_ppcr::{TrainingBatchNorm, WithBatchStatistics};
 use crate::kernels::cpu::conv::AffineConvolution;
 use crate::onnx::{OnnxError, OnnxGraph};
 
@@ -64,6 +65,18 @@ pub trait AttentionUnit: Sized {
         _x: &Tensor<4>,
         _residual: &Tensor<4>,
     ) -> Option<Result<Tensor<4>, AttentionError>> {
+        None
+    }
+
+    /// `relu(forward(norm(x)) + residual)` for `norm` a BatchNorm in training mode, where the
+    /// unit folds the BatchNorm into its kernel: the output and the batch statistics for the
+    /// BatchNorm's running statistics; `None` leaves the BatchNorm to the caller.
+    fn try_batch_norm_forward_add_relu(
+        &self,
+        _x: &Tensor<4>,
+        _norm: &TrainingBatchNorm,
+        _residual: &Tensor<4>,
+    ) -> Option<Result<WithBatchStatistics, AttentionError>> {
         None
     }
 
@@ -289,6 +302,14 @@ impl AttentionUnit for Ppcr {
     ) -> Option<Result<Tensor<4>, AttentionError>> {
         Ppcr::try_forward_add_relu(self, x, residual)
     }
+    fn try_batch_norm_forward_add_relu(
+        &self,
+        x: &Tensor<4>,
+        norm: &TrainingBatchNorm,
+        residual: &Tensor<4>,
+    ) -> Option<Result<WithBatchStatistics, AttentionError>> {
+        Ppcr::try_batch_norm_forward_add_relu(self, x, norm, residual)
+    }
     fn try_convolution_forward_add_relu(
         &self,
         convolution: &AffineConvolution,
@@ -417,6 +438,24 @@ macro_rules! attention_units {
                 let fused = match self {
                     $(Attention::$variant(unit) => {
                         AttentionUnit::try_forward_add_relu(unit, x, residual)
+                    })*
+                };
+                fused.map(|result| result.unwrap_or_else(|error| panic!("{error}")))
+            }
+
+            /// `relu(forward(norm(x)) + residual)` with the BatchNorm `norm` in training mode
+            /// folded into the unit's kernel where it has one (see
+            /// [`AttentionUnit::try_batch_norm_forward_add_relu`]); panics where `forward`
+            /// would.
+            pub fn batch_norm_forward_add_relu(
+                &self,
+                x: &Tensor<4>,
+                norm: &TrainingBatchNorm,
+                residual: &Tensor<4>,
+            ) -> Option<WithBatchStatistics> {
+                let fused = match self {
+                    $(Attention::$variant(unit) => {
+                        AttentionUnit::try_batch_norm_forward_add_relu(unit, x, norm, residual)
                     })*
                 };
                 fused.map(|result| result.unwrap_or_else(|error| panic!("{error}")))

@@ -19,6 +19,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData, activation::sigmoid};
 
 use super::AttentionError;
+use crate::kernels::cpu::batch_norm_ppcr::{self, TrainingBatchNorm, WithBatchStatistics};
 use crate::kernels::cpu::conv::AffineConvolution;
 use crate::kernels::cpu::conv_ppcr;
 use crate::kernels::cpu::ppcr as ppcr_fused;
@@ -122,8 +123,7 @@ impl Ppcr {
     /// CubeCL backend (a build with `cuda` or `wgpu`) it runs the GPU kernels of `ppcr_cube`,
     /// built the same way. Elsewhere it falls back to [`Ppcr::try_tensor_forward`].
     pub fn try_forward(&self, x: Tensor<4>) -> Result<Tensor<4>, AttentionError> {
-        let [_, height, width] = self.check_shape(&x)?;
-        let weights = self.weights_for([height, width])?;
+        let weights = self.weights_for_input(&x)?;
         if self.levels <= ppcr_fused::MAX_LEVELS && ppcr_fused::fused_available(&x, &weights) {
             return Ok(ppcr_fused::recalibrate(
                 x,
@@ -144,6 +144,12 @@ impl Ppcr {
         Ok(self.tensor_forward_with(x, weights))
     }
 
+    /// The weights for input `x`, or why `x` does not fit the unit.
+    fn weights_for_input(&self, x: &Tensor<4>) -> Result<Tensor<3>, AttentionError> {
+        let [_, height, width] = self.check_shape(x)?;
+        self.weights_for([height, width])
+    }
+
     /// `relu(self.forward(x) + residual)`, the end of a residual block, in one pass over the
     /// map where the CPU kernel takes these tensors (plain Flex, inference): `None` where it
     /// does not, for the caller to add. An error where `x` does not fit the unit.
@@ -152,10 +158,7 @@ impl Ppcr {
         x: &Tensor<4>,
         residual: &Tensor<4>,
     ) -> Option<Result<Tensor<4>, AttentionError>> {
-        let weights = match self
-            .check_shape(x)
-            .and_then(|[_, height, width]| self.weights_for([height, width]))
-        {
+        let weights = match self.weights_for_input(x) {
             Ok(weights) => weights,
             Err(error) => return Some(Err(error)),
         };
@@ -164,6 +167,35 @@ impl Ppcr {
         takes_kernel.then(|| {
             Ok(ppcr_fused::recalibrate_add_relu(
                 x.clone(),
+                weights,
+                residual.clone(),
+                self.levels,
+                self.epsilon,
+            ))
+        })
+    }
+
+    /// `relu(self.forward(norm(x)) + residual)` for `norm` a BatchNorm in training mode, with
+    /// the BatchNorm folded into the unit's CPU kernel (the normalised map is never written),
+    /// where it takes these tensors (Flex, under autodiff or not): the output and the batch mean
+    /// and variance for the running statistics; `None` where it does not. An error where `x`
+    /// does not fit the unit.
+    pub fn try_batch_norm_forward_add_relu(
+        &self,
+        x: &Tensor<4>,
+        norm: &TrainingBatchNorm,
+        residual: &Tensor<4>,
+    ) -> Option<Result<WithBatchStatistics, AttentionError>> {
+        let weights = match self.weights_for_input(x) {
+            Ok(weights) => weights,
+            Err(error) => return Some(Err(error)),
+        };
+        let takes_kernel = self.levels <= ppcr_fused::MAX_LEVELS
+            && batch_norm_ppcr::available(x, norm, &weights, residual);
+        takes_kernel.then(|| {
+            Ok(batch_norm_ppcr::batch_norm_ppcr_add_relu(
+                x.clone(),
+                norm.clone(),
                 weights,
                 residual.clone(),
                 self.levels,

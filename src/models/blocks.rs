@@ -318,12 +318,22 @@ impl ResidualBlock {
             };
             return (features, None);
         }
+        if !want_map {
+            let convolved = layers::conv2d(conv, inner);
+            let shortcut = shortcut.forward(x);
+            // In training, the unit may take the BatchNorm into its kernel.
+            if let Some(norm) = layers::training_batch_norm(bn, &convolved)
+                && let Some(fused) =
+                    attention.batch_norm_forward_add_relu(&convolved, &norm, &shortcut)
+            {
+                layers::update_running_statistics(bn, fused.mean, fused.variance);
+                return (fused.output, None);
+            }
+            let branch = layers::batch_norm(bn, convolved, false);
+            return (Self::attention_add_relu(attention, branch, shortcut), None);
+        }
         let branch = layers::conv_batch_norm(conv, bn, inner, false);
-        let map = if want_map {
-            attention.attention_map(branch.clone())
-        } else {
-            None
-        };
+        let map = attention.attention_map(branch.clone());
         let shortcut = shortcut.forward(x);
         (Self::attention_add_relu(attention, branch, shortcut), map)
     }
@@ -439,6 +449,71 @@ mod tests {
             let (folded, layered) = (values(folded), values(layered));
             assert!(folded.contains(&0.0) && folded.iter().any(|&v| v > 0.0));
             assert_eq!(folded, layered, "stride {stride}");
+        }
+    }
+
+    #[test]
+    fn in_training_the_batch_norm_folded_into_ppcr_gives_the_layers_values() {
+        use crate::attention::testing::{
+            assert_matches_reference, ppcr_with_random_weights, random_tensor, values,
+        };
+        use crate::kernels::cpu::batch_norm_ppcr;
+        let device = Device::flex().autodiff();
+        let attention = AttentionConfig::new(AttentionKind::Ppcr);
+        let spec = BlockSpec {
+            in_channels: 10,
+            planes: 12,
+            stride: 2,
+            output_size: [5, 4],
+            shortcut: ShortcutKind::Projection,
+            attention: &attention,
+        };
+        let build = || {
+            let mut block = BasicBlock::new(&spec, &device).unwrap();
+            block.attention = Attention::Ppcr(ppcr_with_random_weights(12, [5, 4], 4, 5, &device));
+            block
+        };
+        // Two copies of one block, each with running statistics of its own.
+        let folded = build();
+        let layered = build().load_record(folded.clone().into_record());
+        let x = random_tensor([3, 10, 9, 7], 7, &device).require_grad();
+        let probe = random_tensor([3, 12, 5, 4], 8, &device);
+        // Not asking for the map takes the fold; asking takes the layers one by one.
+        let run = |block: BasicBlock, want_map: bool| {
+            let Attention::Ppcr(unit) = &block.attention else {
+                unreachable!()
+            };
+            let inner = block.branch_parts(x.clone()).0;
+            let convolved = layers::conv2d(&block.conv2, inner);
+            let norm = layers::training_batch_norm(&block.bn2, &convolved).unwrap();
+            let residual = block.shortcut.forward(x.clone());
+            let weights = unit.pixel_context_weights.val();
+            assert!(batch_norm_ppcr::available(
+                &convolved, &norm, &weights, &residual
+            ));
+            let block = ResidualBlock::Basic(block);
+            let (y, _) = block.forward_with_attention_map(x.clone(), want_map);
+            let grads = (y.clone() * probe.clone()).sum().backward();
+            let ResidualBlock::Basic(block) = block else {
+                unreachable!()
+            };
+            [
+                values(y),
+                values(block.bn2.running_mean.value_sync()),
+                values(block.bn2.running_var.value_sync()),
+                values(x.grad(&grads).unwrap()),
+                values(block.bn2.gamma.val().grad(&grads).unwrap()),
+                values(block.conv2.weight.val().grad(&grads).unwrap()),
+                values(block.conv1.weight.val().grad(&grads).unwrap()),
+            ]
+        };
+        let (folded, layered) = (run(folded, false), run(layered, true));
+        assert!(folded[0].contains(&0.0) && folded[0].iter().any(|&v| v > 0.0));
+        for (index, what) in ["output", "running mean", "running var"].iter().enumerate() {
+            assert_eq!(folded[index], layered[index], "{what}");
+        }
+        for (index, what) in ["dx", "dgamma", "dconv2", "dconv1"].iter().enumerate() {
+            assert_matches_reference(&folded[index + 3], &layered[index + 3], 1e-4, what);
         }
     }
 

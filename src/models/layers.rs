@@ -13,6 +13,7 @@ use burn::tensor::{FloatDType, Tensor, TensorData};
 use super::autocast;
 
 use crate::kernels::cpu::batch_norm as batch_norm_kernel;
+use crate::kernels::cpu::batch_norm_ppcr::TrainingBatchNorm;
 use crate::kernels::cpu::conv as conv_kernel;
 use crate::kernels::cpu::residual as residual_kernel;
 
@@ -225,7 +226,30 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, then_relu: bool) -> Tensor<4> {
     }
     let (y, mean, variance) =
         batch_norm_kernel::batch_norm_train(x, gamma, beta, bn.epsilon, then_relu);
-    let device = y.device();
+    update_running_statistics(bn, mean, variance);
+    y
+}
+
+/// `bn`'s parameters where it normalises `x` in training mode on a kernel that folds it into
+/// what follows (see [`TrainingBatchNorm`]); `None` where [`batch_norm`] would take burn's own
+/// layer, or `bn` is in inference mode.
+pub fn training_batch_norm(bn: &BatchNorm, x: &Tensor<4>) -> Option<TrainingBatchNorm> {
+    let training = x.device().is_autodiff() && bn.training.is_enabled();
+    let norm = TrainingBatchNorm {
+        gamma: bn.gamma.val(),
+        beta: bn.beta.val(),
+        epsilon: bn.epsilon,
+    };
+    let takes_kernel = training
+        && kernels_enabled()
+        && batch_norm_kernel::fused_available(x, &norm.gamma, &norm.beta);
+    takes_kernel.then_some(norm)
+}
+
+/// Move `bn`'s running statistics towards a training batch's `mean` and biased `variance`, as
+/// burn's `BatchNorm` does.
+pub fn update_running_statistics(bn: &BatchNorm, mean: Tensor<1>, variance: Tensor<1>) {
+    let device = mean.device();
     let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
         let running = state
             .value_sync()
@@ -236,7 +260,6 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, then_relu: bool) -> Tensor<4> {
     };
     update(&bn.running_mean, mean);
     update(&bn.running_var, variance);
-    y
 }
 
 /// `relu(branch + shortcut)`, the end of a residual block, as one kernel on Flex `f32` tensors.
@@ -299,7 +322,12 @@ mod tests {
                 (&ours.running_mean, &burns.running_mean, "running mean"),
                 (&ours.running_var, &burns.running_var, "running var"),
             ] {
-                assert_matches_reference(&values(a.value()), &values(b.value()), 1e-6, what);
+                assert_matches_reference(
+                    &values(a.value_sync()),
+                    &values(b.value_sync()),
+                    1e-6,
+                    what,
+                );
             }
         }
     }

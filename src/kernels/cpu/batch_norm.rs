@@ -204,11 +204,7 @@ impl<C: CheckpointStrategy> BatchNormOps for Autodiff<Flex, C> {
             // The output is kept for ReLU's mask (it shares the buffer the next layer reads);
             // `x` for the normalised values, recomputed from the saved statistics.
             OpsKind::Tracked(prep) => {
-                let inv_std = statistics
-                    .variance
-                    .iter()
-                    .map(|&v| 1.0 / (v + epsilon as f32).sqrt())
-                    .collect();
+                let inv_std = statistics.inverse_std(epsilon);
                 let state = SavedState {
                     x,
                     output: relu.then(|| output.clone()),
@@ -268,9 +264,36 @@ impl Backward<Flex, 3> for BatchNormBackward {
 }
 
 /// The per-channel batch mean and biased variance.
-struct Statistics {
-    mean: Vec<f32>,
-    variance: Vec<f32>,
+#[derive(Debug, Clone)]
+pub(super) struct Statistics {
+    /// Per channel, the mean over the batch and the pixels.
+    pub(super) mean: Vec<f32>,
+    /// Per channel, the biased variance.
+    pub(super) variance: Vec<f32>,
+}
+
+impl Statistics {
+    /// `(scale, shift)` per channel with `y = x * scale + shift` the normalised, scaled and
+    /// shifted value, as the forward pass writes it.
+    pub(super) fn affine(&self, gamma: &[f32], beta: &[f32], epsilon: f64) -> (Vec<f32>, Vec<f32>) {
+        self.mean
+            .iter()
+            .zip(&self.variance)
+            .zip(gamma.iter().zip(beta))
+            .map(|((&mean, &variance), (&g, &b))| {
+                let scale = g / (variance + epsilon as f32).sqrt();
+                (scale, b - mean * scale)
+            })
+            .unzip()
+    }
+
+    /// `1 / sqrt(var + eps)` per channel.
+    pub(super) fn inverse_std(&self, epsilon: f64) -> Vec<f32> {
+        self.variance
+            .iter()
+            .map(|&v| 1.0 / (v + epsilon as f32).sqrt())
+            .collect()
+    }
 }
 
 /// `[B, C, H*W]` sizes of a feature map.
@@ -376,22 +399,22 @@ fn forward(
         planes.channels,
         "batch_norm_train_fused: beta is not [C]"
     );
+    let statistics = batch_statistics(&values, &shape);
+    let (scale, shift) = statistics.affine(&gamma, &beta, epsilon);
+    let output = normalise(&values, planes, &scale, &shift, relu);
+    (flex_tensor(output, shape), statistics)
+}
+
+/// The per-channel batch mean and biased variance of `values`, a `[B, C, H, W]` map of `shape`.
+pub(super) fn batch_statistics(values: &[f32], shape: &Shape) -> Statistics {
+    let planes = Planes::of(shape);
     let mut statistics = vec![(0.0f32, 0.0f32); planes.channels];
     statistics
         .par_iter_mut()
         .enumerate()
-        .for_each(|(c, out)| channel_statistics(planes, &values, c, out));
-    let (scale, shift): (Vec<f32>, Vec<f32>) = statistics
-        .iter()
-        .zip(gamma.iter().zip(beta.iter()))
-        .map(|(&(mean, variance), (&g, &b))| {
-            let scale = g / (variance + epsilon as f32).sqrt();
-            (scale, b - mean * scale)
-        })
-        .unzip();
-    let output = normalise(&values, planes, &scale, &shift, relu);
+        .for_each(|(c, out)| channel_statistics(planes, values, c, out));
     let (mean, variance) = statistics.into_iter().unzip();
-    (flex_tensor(output, shape), Statistics { mean, variance })
+    Statistics { mean, variance }
 }
 
 dispatch_vector_width! {
@@ -512,29 +535,58 @@ fn backward(
     if !want_x {
         return (None, grad_gamma, grad_beta);
     }
-    let count = planes.count();
-    let plane_len = planes.plane_len.max(1);
     let dy = grad
         .try_storage_mut::<f32>()
         .expect("writable_contiguous gives an unshared buffer");
+    let moments = ChannelMoments {
+        mean: &state.mean,
+        inv_std: &state.inv_std,
+        gamma: &state.gamma,
+    };
+    input_gradient(&shape, &x, dy, y.as_deref(), moments, &sums);
+    (Some(grad), grad_gamma, grad_beta)
+}
+
+/// What the input gradient needs of each channel: the batch mean, `1 / sqrt(var + eps)`, and
+/// `gamma`.
+#[derive(Clone, Copy)]
+pub(super) struct ChannelMoments<'a> {
+    /// The batch mean per channel.
+    pub(super) mean: &'a [f32],
+    /// `1 / sqrt(var + eps)` per channel.
+    pub(super) inv_std: &'a [f32],
+    /// The scale per channel.
+    pub(super) gamma: &'a [f32],
+}
+
+/// `dx` over `dy` (of a `[B, C, H, W]` map of `shape`, input `x`, output `y` under ReLU) from
+/// the channels' `(sum dz, sum dz * xhat)`, `dz = dy * [y > 0]`.
+pub(super) fn input_gradient(
+    shape: &Shape,
+    x: &[f32],
+    dy: &mut [f32],
+    y: Option<&[f32]>,
+    moments: ChannelMoments,
+    sums: &[(f32, f32)],
+) {
+    let planes = Planes::of(shape);
+    let count = planes.count();
+    let plane_len = planes.plane_len.max(1);
     dy.par_chunks_mut(plane_len)
         .zip(x.par_chunks(plane_len))
         .enumerate()
         .for_each(|(index, (dy, x))| {
             let c = index % planes.channels;
-            let y = y
-                .as_deref()
-                .map(|y| &y[index * plane_len..(index + 1) * plane_len]);
+            let y = y.map(|y| &y[index * plane_len..(index + 1) * plane_len]);
             let coefficients = [
-                state.mean[c],
-                state.inv_std[c],
-                state.gamma[c] * state.inv_std[c],
+                moments.mean[c],
+                moments.inv_std[c],
+                moments.gamma[c] * moments.inv_std[c],
                 sums[c].0 / count,
                 sums[c].1 / count,
             ];
             input_gradient_plane(x, dy, y, coefficients);
         });
-    (Some(grad), grad_gamma, grad_beta)
 }
 
 #[cfg(test)]

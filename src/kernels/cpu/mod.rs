@@ -4,6 +4,7 @@
 //! can take the kernel; everything else takes the caller's tensor formulation.
 
 pub(crate) mod batch_norm;
+pub(crate) mod batch_norm_ppcr;
 pub(crate) mod cbam;
 pub(crate) mod channel_ops;
 pub(crate) mod common;

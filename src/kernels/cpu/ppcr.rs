@@ -16,6 +16,10 @@
 //! so the arrays have a fixed size. On x86-64 processors with AVX2 the whole kernel runs a
 //! second compilation with 8-wide vectors, chosen at run time; both give the same bits.
 //!
+//! The unit's input can also be given as a training BatchNorm's input and per-channel affine
+//! map ([`InputAffine`]), read as the BatchNorm would have written it; `batch_norm_ppcr.rs`
+//! builds the block's `bn2 -> PPCR -> add -> ReLU` on that.
+//!
 //! It plugs into burn through the backend-extension API (burn feature `extension`):
 //! [`PpcrOps`] is implemented for `Flex` and for `Autodiff<Flex>`. Other backends (CubeCL, tch)
 //! have no implementation; [`fused_available`] tells the unit when to fall back to its tensor
@@ -130,6 +134,7 @@ impl PpcrResidualOps for Flex {
             levels,
             epsilon,
             ForwardExtra::AddRelu(&residual),
+            None,
         )
         .0
     }
@@ -155,7 +160,7 @@ impl<C: CheckpointStrategy> PpcrResidualOps for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let extra = ForwardExtra::KeepContextAddRelu(&residual);
-                let (output, context) = forward(&x, &weights, levels, epsilon, extra);
+                let (output, context) = forward(&x, &weights, levels, epsilon, extra, None);
                 let unit = SavedInputs {
                     x,
                     weights,
@@ -168,14 +173,14 @@ impl<C: CheckpointStrategy> PpcrResidualOps for Autodiff<Flex, C> {
             }
             OpsKind::UnTracked(prep) => {
                 let extra = ForwardExtra::AddRelu(&residual);
-                prep.finish(forward(&x, &weights, levels, epsilon, extra).0)
+                prep.finish(forward(&x, &weights, levels, epsilon, extra, None).0)
             }
         }
     }
 }
 
 /// Register each gradient for the parent that needs it (a parent that needs none has no id).
-fn register_gradients<const N: usize>(
+pub(super) fn register_gradients<const N: usize>(
     grads: &mut Gradients,
     ids: [Option<NodeId>; N],
     gradients: [Option<FlexTensor>; N],
@@ -204,7 +209,7 @@ impl Backward<Flex, 3> for RecalibrateAddReluBackward {
         let [x_node, weights_node, residual_node] = ops.parents;
         let grad_output = grads.consume::<Flex>(&ops.node);
         let (state, output) = ops.state;
-        let (grad_x, grad_weights, grad_residual) = backward(
+        let gradients = backward(
             &state.x,
             &state.weights,
             &state.context,
@@ -212,9 +217,14 @@ impl Backward<Flex, 3> for RecalibrateAddReluBackward {
             Some(&output),
             state.levels,
             state.epsilon,
+            None,
         );
         let ids = [&x_node, &weights_node, &residual_node].map(|node| node.as_ref().map(|n| n.id));
-        let gradients = [Some(grad_x), Some(grad_weights), grad_residual];
+        let gradients = [
+            Some(gradients.input),
+            Some(gradients.weights),
+            gradients.residual,
+        ];
         register_gradients(grads, ids, gradients);
     }
 }
@@ -226,7 +236,7 @@ impl PpcrOps for Flex {
         levels: usize,
         epsilon: f64,
     ) -> FlexTensor {
-        forward(&x, &weights, levels, epsilon, ForwardExtra::None).0
+        forward(&x, &weights, levels, epsilon, ForwardExtra::None, None).0
     }
 }
 
@@ -249,8 +259,14 @@ impl<C: CheckpointStrategy> PpcrOps for Autodiff<Flex, C> {
             // it reads `x` for the attention gradient anyway; it is handed the rest of the
             // per-pixel context (a few values per pixel, against `C` of `x`).
             OpsKind::Tracked(prep) => {
-                let (output, context) =
-                    forward(&x, &weights, levels, epsilon, ForwardExtra::KeepContext);
+                let (output, context) = forward(
+                    &x,
+                    &weights,
+                    levels,
+                    epsilon,
+                    ForwardExtra::KeepContext,
+                    None,
+                );
                 let state = SavedInputs {
                     x,
                     weights,
@@ -261,7 +277,7 @@ impl<C: CheckpointStrategy> PpcrOps for Autodiff<Flex, C> {
                 prep.finish(state, output)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(forward(&x, &weights, levels, epsilon, ForwardExtra::None).0)
+                prep.finish(forward(&x, &weights, levels, epsilon, ForwardExtra::None, None).0)
             }
         }
     }
@@ -294,7 +310,7 @@ impl Backward<Flex, 2> for RecalibrateBackward {
         let [x_node, weights_node] = ops.parents;
         let grad_output = grads.consume::<Flex>(&ops.node);
         let state = ops.state;
-        let (grad_x, grad_weights, _) = backward(
+        let gradients = backward(
             &state.x,
             &state.weights,
             &state.context,
@@ -302,9 +318,11 @@ impl Backward<Flex, 2> for RecalibrateBackward {
             None,
             state.levels,
             state.epsilon,
+            None,
         );
         let ids = [&x_node, &weights_node].map(|node| node.as_ref().map(|n| n.id));
-        register_gradients(grads, ids, [Some(grad_x), Some(grad_weights)]);
+        let gradients = [Some(gradients.input), Some(gradients.weights)];
+        register_gradients(grads, ids, gradients);
     }
 }
 
@@ -584,13 +602,14 @@ impl ForwardUnit {
         (unit, dims)
     }
 
-    fn inputs(&self) -> KernelInputs<'_> {
+    fn inputs<'a>(&'a self, affine: Option<InputAffine<'a>>) -> KernelInputs<'a> {
         KernelInputs {
             pyramid: &self.pyramid,
             weights: &self.weights,
             group_weights: &[],
             pixels: self.pixels,
             tile: self.tile,
+            affine,
         }
     }
 }
@@ -648,6 +667,30 @@ struct KernelInputs<'a> {
     group_weights: &'a [f32],
     pixels: usize,
     tile: usize,
+    /// Where the unit's input is a training BatchNorm's, folded in (see [`InputAffine`]).
+    affine: Option<InputAffine<'a>>,
+}
+
+/// The unit's input given as a BatchNorm's input `x` and its per-channel affine map: the unit
+/// reads `x * scale_c + shift_c`, the values the BatchNorm would write, without them being
+/// written. The backward step also sums the BatchNorm's gradient terms per channel, against
+/// the batch `mean`.
+#[derive(Clone, Copy)]
+pub(super) struct InputAffine<'a> {
+    /// Per channel, the factor of `x`.
+    pub(super) scale: &'a [f32],
+    /// Per channel, the offset.
+    pub(super) shift: &'a [f32],
+    /// Per channel, the batch mean of `x` (backward only).
+    pub(super) mean: &'a [f32],
+}
+
+impl InputAffine<'_> {
+    /// `(scale, shift)` of `channel`.
+    #[inline(always)]
+    fn of(&self, channel: usize) -> (f32, f32) {
+        (self.scale[channel], self.shift[channel])
+    }
 }
 
 impl KernelInputs<'_> {
@@ -699,11 +742,12 @@ fn forward_sample_generic<const N: usize, const M: usize>(
         scratch.sums.fill(0.0);
         for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
             let plane = &sample[channel * pixels + start..channel * pixels + start + len];
-            for (sum, value) in scratch.sums[group * tile..group * tile + len]
-                .iter_mut()
-                .zip(plane)
-            {
-                *sum += value;
+            let sums = scratch.sums[group * tile..group * tile + len].iter_mut();
+            match inputs.affine.map(|affine| affine.of(channel)) {
+                None => sums.zip(plane).for_each(|(sum, value)| *sum += value),
+                Some((scale, shift)) => sums
+                    .zip(plane)
+                    .for_each(|(sum, &value)| *sum += value * scale + shift),
             }
         }
         for chunk in (0..len).step_by(LANES) {
@@ -723,15 +767,19 @@ fn forward_sample_generic<const N: usize, const M: usize>(
                 .iter_mut()
                 .zip(&sample[range.clone()])
                 .zip(attention);
-            if residual.is_empty() {
-                for ((y, x), a) in products {
-                    y.write(x * a);
+            let affine = inputs.affine.map(|affine| affine.of(channel));
+            match (residual.is_empty(), affine) {
+                (true, None) => products.for_each(|((y, x), a)| _ = y.write(x * a)),
+                (true, Some((scale, shift))) => {
+                    products.for_each(|((y, &x), a)| _ = y.write((x * scale + shift) * a))
                 }
-            } else {
                 // As the residual kernel computes `relu(y + r)` from the unit's `y = x * a`.
-                for (((y, x), a), r) in products.zip(&residual[range]) {
-                    y.write(relu(x * a + r));
-                }
+                (false, None) => products
+                    .zip(&residual[range])
+                    .for_each(|(((y, x), a), r)| _ = y.write(relu(x * a + r))),
+                (false, Some((scale, shift))) => products
+                    .zip(&residual[range])
+                    .for_each(|(((y, &x), a), r)| _ = y.write(relu((x * scale + shift) * a + r))),
             }
         }
     }
@@ -762,7 +810,7 @@ impl ContextRow {
 }
 
 /// What the forward pass does besides `Y = X * A`.
-enum ForwardExtra<'a> {
+pub(super) enum ForwardExtra<'a> {
     /// Nothing.
     None,
     /// Keep the per-pixel context ([`ContextRow`]) the backward step reads.
@@ -774,13 +822,15 @@ enum ForwardExtra<'a> {
 }
 
 /// `Y = X * A`, one rayon task per sample, with the `extra` it is asked for; returns the
-/// output and the context where kept.
-fn forward(
+/// output and the context where kept. With an `affine`, `x` is a BatchNorm's input and the
+/// unit reads `X = x * scale + shift`.
+pub(super) fn forward(
     x: &FlexTensor,
     weights: &FlexTensor,
     levels: usize,
     epsilon: f64,
     extra: ForwardExtra,
+    affine: Option<InputAffine>,
 ) -> (FlexTensor, Option<FlexTensor>) {
     let shape = x.shape();
     let (
@@ -792,7 +842,7 @@ fn forward(
         },
     ) = ForwardUnit::new(&shape, weights, levels, epsilon);
     let values = contiguous_values(x);
-    let inputs = unit.inputs();
+    let inputs = unit.inputs(affine);
     let sample_len = channels * pixels;
     let mut output = unwritten(batch * sample_len);
     let (keep_context, residual) = match extra {
@@ -873,7 +923,7 @@ impl SampleEpilogue for ResidualEnd<'_> {
             static TILE_SCRATCH: std::cell::RefCell<Option<Scratch>> =
                 const { std::cell::RefCell::new(None) };
         }
-        let (unit, inputs) = (&self.unit, self.unit.inputs());
+        let (unit, inputs) = (&self.unit, self.unit.inputs(None));
         let len = computed.len();
         let residual = &self.residual[sample * len..(sample + 1) * len];
         // The tile's scratch outlives the call: one per sample would be allocated and zeroed
@@ -899,6 +949,7 @@ dispatch_vector_width! {
         grad_split: &mut [f32],
         dw: &mut [f32],
         end: Option<BlockEndSplit>,
+        batch_norm_sums: &mut [f32],
     )
 }
 
@@ -910,10 +961,19 @@ fn backward_split_any_depth(
     grad_split: &mut [f32],
     dw: &mut [f32],
     end: Option<BlockEndSplit>,
+    batch_norm_sums: &mut [f32],
 ) {
     for_pyramid_depth!(
         inputs.pyramid.finest_groups,
-        backward_split_generic(inputs, x_split, context_split, grad_split, dw, end)
+        backward_split_generic(
+            inputs,
+            x_split,
+            context_split,
+            grad_split,
+            dw,
+            end,
+            batch_norm_sums
+        )
     )
 }
 
@@ -933,6 +993,7 @@ fn backward_split_generic<const N: usize, const M: usize>(
     grad_split: &mut [f32],
     dw: &mut [f32],
     mut end: Option<BlockEndSplit>,
+    batch_norm_sums: &mut [f32],
 ) {
     let KernelInputs {
         pyramid,
@@ -940,6 +1001,7 @@ fn backward_split_generic<const N: usize, const M: usize>(
         group_weights,
         pixels,
         tile,
+        affine,
     } = *inputs;
     let constants = PyramidConstants::<N, M>::new(pyramid);
     let (maps, weight_stride) = (M - 1, inputs.weight_stride());
@@ -964,13 +1026,21 @@ fn backward_split_generic<const N: usize, const M: usize>(
             for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
                 let range = channel * pixels + start..channel * pixels + start + len;
                 let sums = &mut scratch.sums[group * tile..group * tile + len];
+                // The unit's input: as stored, or recomputed from the BatchNorm's, bit for bit
+                // the values the BatchNorm would have written.
+                let (scale, shift) = affine.map_or((1.0, 0.0), |affine| affine.of(channel));
                 let Some(end) = end.as_mut() else {
-                    for (((sum, grad_a), x), d) in sums
+                    for (((sum, grad_a), &x), d) in sums
                         .iter_mut()
                         .zip(&mut grad_attention_row[..len])
                         .zip(&sample[range.clone()])
                         .zip(&grad[range])
                     {
+                        let x = if affine.is_some() {
+                            x * scale + shift
+                        } else {
+                            x
+                        };
                         *sum += x;
                         *grad_a += x * d;
                     }
@@ -979,7 +1049,7 @@ fn backward_split_generic<const N: usize, const M: usize>(
                 // The residual end first: dY = d(out) [out > 0], as its own kernel masks it,
                 // which is also the residual's gradient.
                 let in_split = index * sample_len + range.start..index * sample_len + range.end;
-                for (((((sum, grad_a), x), d), y), grad_r) in sums
+                for (((((sum, grad_a), &x), d), y), grad_r) in sums
                     .iter_mut()
                     .zip(&mut grad_attention_row[..len])
                     .zip(&sample[range.clone()])
@@ -987,6 +1057,11 @@ fn backward_split_generic<const N: usize, const M: usize>(
                     .zip(&end.output[in_split.clone()])
                     .zip(&mut end.grad_residual[in_split])
                 {
+                    let x = if affine.is_some() {
+                        x * scale + shift
+                    } else {
+                        x
+                    };
                     *d = if *y > 0.0 { *d } else { 0.0 };
                     grad_r.write(*d);
                     *sum += x;
@@ -1049,11 +1124,60 @@ fn backward_split_generic<const N: usize, const M: usize>(
             for (channel, &group) in pyramid.group_of_channel.iter().enumerate() {
                 let range = channel * pixels + start..channel * pixels + start + len;
                 let group_grad = &grad_groups[group * tile..group * tile + len];
-                for ((d, a), g) in grad[range].iter_mut().zip(attention).zip(group_grad) {
-                    *d = *d * a + g;
+                let Some(affine) = affine else {
+                    for ((d, a), g) in grad[range].iter_mut().zip(attention).zip(group_grad) {
+                        *d = *d * a + g;
+                    }
+                    continue;
+                };
+                // The BatchNorm's `sum dz` and `sum dz (x - mean)` in LANES accumulators per
+                // channel, pixel `p` in lane `p % LANES` (tiles start at multiples of LANES).
+                let sums = &mut batch_norm_sums[channel * 2 * LANES..][..2 * LANES];
+                let (mut sum_dz, mut sum_dz_x) = (lanes(sums, 0), lanes(sums, LANES));
+                let mean = affine.mean[channel];
+                let mut rows = grad[range.clone()]
+                    .chunks_mut(LANES)
+                    .zip(attention.chunks(LANES))
+                    .zip(group_grad.chunks(LANES))
+                    .zip(sample[range].chunks(LANES));
+                let mut sums_of = (&mut sum_dz, &mut sum_dz_x);
+                for (((d, a), g), x) in &mut rows {
+                    // Whole chunks as arrays, so the lanes are one vector.
+                    match (
+                        <&mut [f32; LANES]>::try_from(&mut *d),
+                        <&[f32; LANES]>::try_from(a),
+                        <&[f32; LANES]>::try_from(g),
+                        <&[f32; LANES]>::try_from(x),
+                    ) {
+                        (Ok(d), Ok(a), Ok(g), Ok(x)) => {
+                            gradient_and_sums(d, a, g, x, mean, &mut sums_of)
+                        }
+                        _ => gradient_and_sums(d, a, g, x, mean, &mut sums_of),
+                    }
                 }
+                sums[..LANES].copy_from_slice(&sum_dz);
+                sums[LANES..].copy_from_slice(&sum_dz_x);
             }
         }
+    }
+}
+
+/// `dx = dy * a + g` over one chunk of at most [`LANES`] pixels, written over `dy`, with the
+/// BatchNorm's `sum dx` and `sum dx (x - mean)` accumulated lane by lane.
+#[inline(always)]
+fn gradient_and_sums(
+    dy: &mut [f32],
+    attention: &[f32],
+    group_grad: &[f32],
+    x: &[f32],
+    mean: f32,
+    (sum_dz, sum_dz_x): &mut (&mut Lanes, &mut Lanes),
+) {
+    for lane in 0..dy.len() {
+        let value = dy[lane] * attention[lane] + group_grad[lane];
+        dy[lane] = value;
+        sum_dz[lane] += value;
+        sum_dz_x[lane] += value * (x[lane] - mean);
     }
 }
 
@@ -1094,7 +1218,14 @@ fn group_weight_shares(pyramid: &Pyramid, weights: &[f32], pixels: usize) -> Vec
 /// With the residual end's forward `output` (`relu(Y + residual)`), `grad_output` is that of the
 /// output instead: it is masked by `output > 0` on the way in, and the masked gradient is also
 /// returned as the residual's.
-fn backward(
+///
+/// With an [`InputAffine`], `x` is a training BatchNorm's input and the unit's input is
+/// `x * scale + shift`; the gradient returned is still the unit input's, and beside it, per
+/// channel, the BatchNorm's `(sum dz, sum dz (x - mean))` with `dz` that gradient.
+// The inputs are the forward's, its kept context and the gradient: bundling them would only
+// rename them.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
     x: &FlexTensor,
     weights: &FlexTensor,
     context: &FlexTensor,
@@ -1102,7 +1233,8 @@ fn backward(
     end_output: Option<&FlexTensor>,
     levels: usize,
     epsilon: f64,
-) -> (FlexTensor, FlexTensor, Option<FlexTensor>) {
+    affine: Option<InputAffine>,
+) -> UnitGradients {
     let Dims {
         batch,
         channels,
@@ -1126,6 +1258,7 @@ fn backward(
         ),
         pixels,
         tile: tile_pixels(channels, pixels),
+        affine,
     };
     let sample_len = channels * pixels;
     // Each split of the batch sums its samples' weight gradients in sample order into its own
@@ -1153,6 +1286,17 @@ fn backward(
             .collect(),
         _ => (0..splits).map(|_| None).collect(),
     };
+    // Per split, the BatchNorm's sums (see `backward_split_generic`), `[C, 2, LANES]`.
+    let sums_len = if affine.is_some() {
+        channels * 2 * LANES
+    } else {
+        0
+    };
+    let mut batch_norm_sums_per_split = vec![0.0f32; splits * sums_len];
+    let mut split_sums: Vec<&mut [f32]> = match sums_len {
+        0 => (0..splits).map(|_| &mut [][..]).collect(),
+        len => batch_norm_sums_per_split.chunks_mut(len).collect(),
+    };
     grad_x
         .try_storage_mut::<f32>()
         .expect("writable_contiguous returns an unshared tensor")
@@ -1161,11 +1305,33 @@ fn backward(
         .zip(values.par_chunks(split_len))
         .zip(context.par_chunks(context_split_len))
         .zip(ends.par_iter_mut())
+        .zip(split_sums.par_iter_mut())
         .with_min_len(items_per_task(split_len))
-        .for_each(|((((grad_split, dw), x_split), context_split), end)| {
-            backward_split(&inputs, x_split, context_split, grad_split, dw, end.take());
-        });
+        .for_each(
+            |(((((grad_split, dw), x_split), context_split), end), sums)| {
+                let end = end.take();
+                backward_split(&inputs, x_split, context_split, grad_split, dw, end, sums);
+            },
+        );
     drop(ends);
+    drop(split_sums);
+    // Lane by lane in split order, then the lanes in order: a fixed order of sums.
+    let batch_norm_sums = affine.map(|_| {
+        let mut lanes = vec![0.0f32; sums_len];
+        for split in batch_norm_sums_per_split.chunks(sums_len) {
+            lanes
+                .iter_mut()
+                .zip(split)
+                .for_each(|(sum, value)| *sum += value);
+        }
+        lanes
+            .chunks(2 * LANES)
+            .map(|channel| {
+                let (dz, dz_x) = channel.split_at(LANES);
+                (dz.iter().sum(), dz_x.iter().sum())
+            })
+            .collect()
+    });
     let mut grad_weights = vec![0.0f32; maps * pixels];
     for split in grad_weights_per_split.chunks(padded_len.max(1)) {
         for (total, padded_row) in grad_weights
@@ -1181,11 +1347,24 @@ fn backward(
         // SAFETY: each split's `backward_split` wrote its share of the residual's gradient.
         flex_tensor(unsafe { assume_written(grad_residual) }, x.shape())
     });
-    (
-        grad_x,
-        flex_tensor(grad_weights, weight_shape),
-        grad_residual,
-    )
+    UnitGradients {
+        input: grad_x,
+        weights: flex_tensor(grad_weights, weight_shape),
+        residual: grad_residual,
+        batch_norm_sums,
+    }
+}
+
+/// What [`backward`] returns.
+pub(super) struct UnitGradients {
+    /// The unit input's gradient.
+    pub(super) input: FlexTensor,
+    /// The weights' gradient.
+    pub(super) weights: FlexTensor,
+    /// The residual's, with the residual end.
+    pub(super) residual: Option<FlexTensor>,
+    /// Per channel `(sum dz, sum dz (x - mean))`, with an [`InputAffine`].
+    pub(super) batch_norm_sums: Option<Vec<(f32, f32)>>,
 }
 
 #[cfg(test)]
@@ -1379,8 +1558,12 @@ mod tests {
     #[test]
     fn the_wide_compilation_gives_the_same_bits_as_the_baseline_one() {
         // On a processor with AVX2, `forward_sample` and `backward_split` run the 8-wide
-        // compilation; the `_any_depth` functions called directly are the baseline one.
-        for (batch, channels, size, levels) in SHAPES {
+        // compilation; the `_any_depth` functions called directly are the baseline one. Both
+        // with the unit's input as stored and as a BatchNorm's input and affine map.
+        for ((batch, channels, size, levels), folded) in SHAPES
+            .into_iter()
+            .flat_map(|shape| [(shape, false), (shape, true)])
+        {
             let pixels = size[0] * size[1];
             let sample_len = channels * pixels;
             let pyramid = Pyramid::new(channels, levels, 1e-5);
@@ -1398,6 +1581,17 @@ mod tests {
                 ),
                 pixels,
                 tile: tile_pixels(channels, pixels),
+                affine: None,
+            };
+            let per_channel = |seed| crate::attention::testing::seeded_values(channels, seed);
+            let (scale, shift, mean) = (per_channel(4), per_channel(5), per_channel(6));
+            let inputs = KernelInputs {
+                affine: folded.then_some(InputAffine {
+                    scale: &scale,
+                    shift: &shift,
+                    mean: &mean,
+                }),
+                ..inputs
             };
             // Every sample's output and context, as the autodiff forward keeps them.
             let context_len = CONTEXT_ROWS * inputs.context_stride();
@@ -1428,8 +1622,15 @@ mod tests {
             let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&wide), bits(&baseline));
             assert_eq!(bits(&wide_context), bits(&baseline_context));
-            type BackwardKernel =
-                fn(&KernelInputs, &[f32], &[f32], &mut [f32], &mut [f32], Option<BlockEndSplit>);
+            type BackwardKernel = fn(
+                &KernelInputs,
+                &[f32],
+                &[f32],
+                &mut [f32],
+                &mut [f32],
+                Option<BlockEndSplit>,
+                &mut [f32],
+            );
             // With the residual end, `x` stands in for the block's output: its sign is the mask.
             let backward_with = |kernel: BackwardKernel, with_end: bool| {
                 let mut grad = dy.clone();
@@ -1439,7 +1640,16 @@ mod tests {
                     output: &x,
                     grad_residual: &mut grad_residual,
                 });
-                kernel(&inputs, &x, &baseline_context, &mut grad, &mut dw, end);
+                let mut sums = vec![0.0; if folded { channels * 2 * LANES } else { 0 }];
+                kernel(
+                    &inputs,
+                    &x,
+                    &baseline_context,
+                    &mut grad,
+                    &mut dw,
+                    end,
+                    &mut sums,
+                );
                 // SAFETY: the kernel writes the residual's gradient in full where asked.
                 let grad_residual = unsafe { assume_written(grad_residual) };
                 bits(
@@ -1447,6 +1657,7 @@ mod tests {
                         .into_iter()
                         .chain(dw)
                         .chain(grad_residual)
+                        .chain(sums)
                         .collect::<Vec<_>>(),
                 )
             };
